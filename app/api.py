@@ -1,0 +1,30 @@
+"""Account endpoints: the model catalog and the credit balance."""
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from app import credits
+from app.api_keys import CurrentPrincipal
+from app.db import SessionDep
+from app.schemas import CreditBalance, ErrorResponse, ModelList, balance_body
+
+router = APIRouter(prefix="/api/v1")
+
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "missingApiKey, invalidApiKey or expiredApiKey"},
+    503: {"model": ErrorResponse, "description": "serviceUnavailable"},
+}
+
+
+@router.get("/models", response_model=ModelList, tags=["models"])
+async def list_models(request: Request) -> dict[str, Any]:
+    """The image models, with their ratios, qualities and prices (no key needed)."""
+    return request.app.state.catalog.to_api()
+
+
+@router.get("/credits", response_model=CreditBalance, responses=AUTH_ERRORS, tags=["credits"])
+async def get_credits(principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
+    """The caller's balance, plan label and the next credits to expire."""
+    balance = await credits.balance(session, principal.user)
+    return {"object": "credit_balance", **balance_body(balance)}

@@ -1,0 +1,126 @@
+"""API keys: generate, hash, issue, list, revoke, authenticate.
+
+Only HMAC-SHA256(server secret, key) and a short display prefix are stored, so a database dump
+cannot be used to call the API.
+"""
+
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import Depends, Request
+from sqlalchemy import or_, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import SessionDep, utcnow
+from app.errors import AuthError, NotFound
+from app.ids import new_id, random_base62
+from app.models import ApiKey, User
+
+KEY_PREFIX = "gih_live_"
+KEY_BODY_LENGTH = 32
+KEY_PATTERN = re.compile(r"gih_live_[A-Za-z0-9]{32}")
+DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 4
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+def generate_key() -> str:
+    return KEY_PREFIX + random_base62(KEY_BODY_LENGTH)
+
+
+def hash_key(raw_key: str, secret: bytes) -> str:
+    return hmac.new(secret, raw_key.encode(), hashlib.sha256).hexdigest()
+
+
+@dataclass(frozen=True)
+class IssuedKey:
+    key: ApiKey
+    raw_key: str
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key and the user it belongs to."""
+
+    key_id: str
+    user: User
+
+
+async def issue(session: AsyncSession, user: User, *, secret: bytes, name: str | None = None,
+                expires_at: datetime | None = None) -> IssuedKey:
+    raw_key = generate_key()
+    key = ApiKey(id=new_id("key", 16), user_id=user.id, name=name,
+                 prefix=raw_key[:DISPLAY_PREFIX_LENGTH], key_hash=hash_key(raw_key, secret),
+                 created_at=utcnow(), expires_at=expires_at)
+    session.add(key)
+    await session.flush()
+    return IssuedKey(key=key, raw_key=raw_key)
+
+
+async def list_for_user(session: AsyncSession, user: User) -> list[ApiKey]:
+    result = await session.scalars(
+        select(ApiKey).where(ApiKey.user_id == user.id).order_by(ApiKey.created_at, ApiKey.id))
+    return list(result)
+
+
+async def revoke(session: AsyncSession, key_id: str) -> ApiKey:
+    key = await session.get(ApiKey, key_id, with_for_update=True)
+    if key is None:
+        raise NotFound(f"no API key with id {key_id}")
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+    await session.flush()
+    return key
+
+
+async def authenticate(session: AsyncSession, authorization: str | None, *,
+                       secret: bytes) -> Principal:
+    raw_key = bearer_token(authorization)
+    if not KEY_PATTERN.fullmatch(raw_key):
+        raise AuthError("invalidApiKey", "API key is malformed")
+    key_hash = hash_key(raw_key, secret)
+    row = (await session.execute(
+        select(ApiKey, User).join(User, User.id == ApiKey.user_id)
+        .where(ApiKey.key_hash == key_hash))).first()
+    # The lookup is by hash; compare again in constant time so no timing depends on the key.
+    if row is None or not hmac.compare_digest(row.ApiKey.key_hash, key_hash):
+        raise AuthError("invalidApiKey", "API key is not valid")
+    key, user = row.ApiKey, row.User
+    if key.revoked_at is not None:
+        raise AuthError("invalidApiKey", "API key has been revoked")
+    now = utcnow()
+    if key.expires_at is not None and key.expires_at <= now:
+        raise AuthError("expiredApiKey", "API key has expired")
+    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
+        await touch(session, key.id, now)
+    return Principal(key_id=key.id, user=user)
+
+
+async def touch(session: AsyncSession, key_id: str, now: datetime) -> None:
+    """Record use at most once a minute per key, so a busy key is not a write per request."""
+    stale = now - LAST_USED_RESOLUTION
+    await session.execute(
+        update(ApiKey)
+        .where(ApiKey.id == key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale))
+        .values(last_used_at=now)
+        .execution_options(synchronize_session=False))
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise AuthError("missingApiKey", "missing Authorization: Bearer <API key> header")
+    scheme, _, token = authorization.strip().partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise AuthError("missingApiKey", "Authorization header must be 'Bearer <API key>'")
+    return token.strip()
+
+
+async def current_principal(request: Request, session: SessionDep) -> Principal:
+    return await authenticate(session, request.headers.get("authorization"),
+                              secret=request.app.state.key_secret)
+
+
+CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

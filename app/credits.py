@@ -1,0 +1,225 @@
+"""The credit ledger: grant, charge, refund, expire, balance, audit. Nothing else moves credits.
+
+Every movement is one ledger row per lot it touches, written in the caller's transaction together
+with the lot and the user's cached balance (`users.credits`), so the three always reconcile.
+Writers lock the user's row first; that serialises all movements of one user.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from app.db import utcnow
+from app.errors import ApiError, InsufficientCredits, NotFound
+from app.models import CreditLedgerEntry, CreditLot, User
+
+
+class AlreadyRefunded(ApiError):
+    status = 409
+    code = "alreadyRefunded"
+
+
+@dataclass(frozen=True)
+class Expiration:
+    credits: int
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Balance:
+    credits: int
+    account_type: str
+    next_expiration: Expiration | None
+
+
+async def lock_user(session: AsyncSession, user_id: str) -> User:
+    user = await session.scalar(
+        select(User).where(User.id == user_id).with_for_update()
+        .execution_options(populate_existing=True))
+    if user is None:
+        raise NotFound(f"no user {user_id}")
+    return user
+
+
+async def grant(session: AsyncSession, user_id: str, amount: int, *,
+                expires_at: datetime | None = None, note: str | None = None,
+                source: str = "grant") -> CreditLot:
+    if amount <= 0:
+        raise ValueError("a grant must be a positive number of credits")
+    now = utcnow()
+    if expires_at is not None and expires_at <= now:
+        raise ValueError("a grant's expiry must be in the future")
+    user = await lock_user(session, user_id)
+    await _expire_due(session, user, now)
+    lot = CreditLot(user_id=user.id, granted=amount, remaining=amount, expires_at=expires_at,
+                    source=source, note=note, created_at=now)
+    session.add(lot)
+    await session.flush()
+    session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind="grant", amount=amount,
+                                  note=note, created_at=now))
+    user.credits += amount
+    await session.flush()
+    return lot
+
+
+async def charge(session: AsyncSession, user_id: str, amount: int, *,
+                 generation_id: str | None = None, note: str | None = None) -> int:
+    """Take `amount` credits, soonest-expiring lots first; returns the new balance.
+
+    Raises InsufficientCredits (and writes nothing) when the live balance is short.
+    """
+    if amount <= 0:
+        raise ValueError("a charge must be a positive number of credits")
+    now = utcnow()
+    user = await lock_user(session, user_id)
+    await _expire_due(session, user, now)
+    if user.credits < amount:
+        raise InsufficientCredits(
+            f"this request needs {amount} credits; the balance is {user.credits}",
+            credits_required=amount, credits_available=user.credits)
+    lots = await session.scalars(
+        select(CreditLot)
+        .where(CreditLot.user_id == user.id, CreditLot.remaining > 0)
+        .order_by(CreditLot.expires_at.asc().nulls_last(), CreditLot.id)
+        .with_for_update())
+    left = amount
+    for lot in lots:
+        take = min(left, lot.remaining)
+        lot.remaining -= take
+        session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, generation_id=generation_id,
+                                      kind="charge", amount=-take, note=note, created_at=now))
+        left -= take
+        if left == 0:
+            break
+    if left:  # users.credits disagrees with the lots: refuse rather than overdraw
+        raise RuntimeError(f"ledger inconsistent for user {user.id}: lots short by {left}")
+    user.credits -= amount
+    await session.flush()
+    return user.credits
+
+
+async def refund(session: AsyncSession, user_id: str, generation_id: str, amount: int, *,
+                 note: str | None = None) -> int:
+    """Give back `amount` of a generation's charge, once; returns the new balance.
+
+    Credits go back to the lots they came from, latest-expiring first. A second refund of the
+    same generation raises AlreadyRefunded (and the ledger's unique index would reject it too).
+    """
+    if amount <= 0:
+        raise ValueError("a refund must be a positive number of credits")
+    now = utcnow()
+    user = await lock_user(session, user_id)
+    movements = list(await session.scalars(
+        select(CreditLedgerEntry).where(CreditLedgerEntry.generation_id == generation_id,
+                                        CreditLedgerEntry.kind.in_(("charge", "refund")))))
+    if any(m.kind == "refund" for m in movements):
+        raise AlreadyRefunded(f"generation {generation_id} was already refunded")
+    charges = [m for m in movements if m.kind == "charge" and m.user_id == user.id]
+    if amount > -sum(m.amount for m in charges):
+        raise ValueError(f"refund of {amount} exceeds the charge of generation {generation_id}")
+    lots = {lot.id: lot for lot in await session.scalars(
+        select(CreditLot).where(CreditLot.id.in_([m.lot_id for m in charges])).with_for_update())}
+    left = amount
+    for entry in sorted(charges, key=lambda m: _latest_first(lots[m.lot_id])):
+        give = min(left, -entry.amount)
+        lots[entry.lot_id].remaining += give
+        session.add(CreditLedgerEntry(user_id=user.id, lot_id=entry.lot_id,
+                                      generation_id=generation_id, kind="refund", amount=give,
+                                      note=note, created_at=now))
+        left -= give
+        if left == 0:
+            break
+    user.credits += amount
+    await session.flush()
+    await _expire_due(session, user, now)  # a refund into a lot that has expired meanwhile
+    return user.credits
+
+
+def _latest_first(lot: CreditLot) -> tuple[int, float, int]:
+    if lot.expires_at is None:
+        return (0, 0.0, -lot.id)
+    return (1, -lot.expires_at.timestamp(), -lot.id)
+
+
+async def expire_due(session: AsyncSession, user_id: str) -> int:
+    """Write off every expired credit of one user; returns how many credits expired."""
+    user = await lock_user(session, user_id)
+    return await _expire_due(session, user, utcnow())
+
+
+async def _expire_due(session: AsyncSession, user: User, now: datetime) -> int:
+    lots = await session.scalars(
+        select(CreditLot)
+        .where(CreditLot.user_id == user.id, CreditLot.remaining > 0,
+               CreditLot.expires_at <= now)
+        .with_for_update())
+    expired = 0
+    for lot in lots:
+        session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind="expire",
+                                      amount=-lot.remaining, note="expired", created_at=now))
+        expired += lot.remaining
+        lot.remaining = 0
+    if expired:
+        user.credits -= expired
+        await session.flush()
+    return expired
+
+
+async def balance(session: AsyncSession, user: User) -> Balance:
+    """The live balance without writing: the cached total minus anything expired but not yet
+    written off. Cost is one indexed query over the user's open lots, whatever the ledger size."""
+    now = utcnow()
+    rows = await session.execute(
+        select(CreditLot.expires_at, func.sum(CreditLot.remaining))
+        .where(CreditLot.user_id == user.id, CreditLot.remaining > 0,
+               CreditLot.expires_at.is_not(None))
+        .group_by(CreditLot.expires_at)
+        .order_by(CreditLot.expires_at))
+    expired = 0
+    upcoming = None
+    for expires_at, credits in rows:
+        if expires_at <= now:
+            expired += credits
+        elif upcoming is None:
+            upcoming = Expiration(credits=int(credits), expires_at=expires_at)
+    return Balance(credits=user.credits - expired, account_type=user.account_type,
+                   next_expiration=upcoming)
+
+
+@dataclass(frozen=True)
+class AuditProblem:
+    user_id: str
+    email: str
+    message: str
+
+
+async def audit(session: AsyncSession) -> list[AuditProblem]:
+    """Check, for every user, that balance = Σ ledger = Σ lots, and each lot = Σ its ledger rows."""
+    ledger = dict((await session.execute(
+        select(CreditLedgerEntry.user_id, func.sum(CreditLedgerEntry.amount))
+        .group_by(CreditLedgerEntry.user_id))).tuples().all())
+    lots = dict((await session.execute(
+        select(CreditLot.user_id, func.sum(CreditLot.remaining))
+        .group_by(CreditLot.user_id))).tuples().all())
+    problems = []
+    for user in await session.scalars(select(User).order_by(User.email)):
+        in_ledger = int(ledger.get(user.id) or 0)
+        in_lots = int(lots.get(user.id) or 0)
+        if not user.credits == in_ledger == in_lots:
+            problems.append(AuditProblem(
+                user.id, user.email,
+                f"balance {user.credits} != ledger {in_ledger} != lots {in_lots}"))
+    per_lot = await session.execute(
+        select(CreditLot.id, CreditLot.user_id, CreditLot.remaining,
+               func.coalesce(func.sum(CreditLedgerEntry.amount), 0))
+        .outerjoin(CreditLedgerEntry, CreditLedgerEntry.lot_id == CreditLot.id)
+        .group_by(CreditLot.id, CreditLot.user_id, CreditLot.remaining))
+    emails = dict((await session.execute(select(User.id, User.email))).tuples().all())
+    for lot_id, user_id, remaining, moved in per_lot:
+        if remaining != moved:
+            problems.append(AuditProblem(
+                user_id, emails.get(user_id, "?"),
+                f"lot {lot_id}: remaining {remaining} != ledger {moved}"))
+    return problems

@@ -1,0 +1,133 @@
+"""The contract's error envelope, for every route and every failure."""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+log = logging.getLogger("gih.errors")
+
+
+class ApiError(Exception):
+    status = 400
+    code = "invalid_request"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.extra = extra
+
+    def headers(self) -> dict[str, str] | None:
+        return None
+
+
+class InvalidRequest(ApiError):
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, **({"param": param} if param else {}))
+
+
+class AuthError(ApiError):
+    status = 401
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer"}
+
+
+class InsufficientCredits(ApiError):
+    status = 402
+    code = "insufficientCredits"
+
+
+class NotFound(ApiError):
+    status = 404
+    code = "notFound"
+
+
+class IdempotencyConflict(ApiError):
+    status = 409
+    code = "idempotencyConflict"
+
+
+class GenerationFailed(ApiError):
+    status = 500
+    code = "generationFailed"
+
+
+class ServiceUnavailable(ApiError):
+    status = 503
+    code = "serviceUnavailable"
+
+
+def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
+    return {"error": {"message": message, "code": code, **extra}}
+
+
+def error_response(status: int, code: str, message: str,
+                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+
+
+HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 401: "missingApiKey"}
+
+
+def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    param = ".".join(loc) or None
+    message = first.get("msg", "invalid request")
+    if first.get("type") == "json_invalid":
+        return "request body is not valid JSON", None
+    return (f"{param}: {message}" if param else message), param
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """A dependency we cannot reach, as opposed to a bug."""
+    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | ConnectionError):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    if isinstance(exc, OSError | TimeoutError):
+        return True
+    name = type(exc).__name__
+    return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "RedisError",
+                    "ConnectionError", "TooManyConnectionsError"}
+
+
+def install_handlers(app: FastAPI) -> None:
+    @app.exception_handler(ApiError)
+    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers(), **exc.extra)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        message, param = _describe_validation(exc)
+        extra = {"param": param} if param else {}
+        return error_response(400, "invalid_request", message, **extra)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = HTTP_CODES.get(exc.status_code, "invalid_request")
+        if exc.status_code >= 500:
+            code = "internalError"
+        message = {404: "no such route", 405: "method not allowed"}.get(
+            exc.status_code, str(exc.detail))
+        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def _crash(request: Request, exc: Exception) -> JSONResponse:
+        if is_unavailable(exc):
+            log.warning("dependency unavailable on %s %s: %r", request.method,
+                        request.url.path, exc)
+            return error_response(503, "serviceUnavailable",
+                                  "a dependency is unavailable, retry later")
+        log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(500, "internalError", "internal server error")

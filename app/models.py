@@ -1,0 +1,176 @@
+"""ORM tables. Credits are integers and move only through app.credits (the ledger)."""
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    CheckConstraint,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column
+
+from app.db import Base, BigId, UTCDateTime, utcnow
+
+LEDGER_KINDS = ("grant", "charge", "refund", "expire", "adjust")
+GENERATION_STATUSES = ("queued", "running", "succeeded", "failed")
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    account_type: Mapped[str] = mapped_column(String(32), default="FREE")
+    # Cached balance, moved in the same transaction as every ledger row (audit checks it).
+    credits: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (CheckConstraint("credits >= 0", name="credits_not_negative"),)
+
+
+class ApiKey(Base):
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str | None] = mapped_column(String(200))
+    prefix: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class CreditLot(Base):
+    """A grant of credits, with its own optional expiry; spending drains soonest-expiring first."""
+
+    __tablename__ = "credit_lots"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    granted: Mapped[int] = mapped_column(Integer)
+    remaining: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    source: Mapped[str] = mapped_column(String(32), default="grant")
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint("granted > 0", name="granted_positive"),
+        CheckConstraint("remaining >= 0 AND remaining <= granted", name="remaining_in_range"),
+        Index("ix_credit_lots_user_open", "user_id", "expires_at",
+              postgresql_where=text("remaining > 0"), sqlite_where=text("remaining > 0")),
+    )
+
+
+class Generation(Base):
+    __tablename__ = "generations"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    model: Mapped[str] = mapped_column(String(64))
+    provider_model: Mapped[str] = mapped_column(String(64))
+    prompt: Mapped[str] = mapped_column(Text)
+    size: Mapped[str] = mapped_column(String(16))
+    aspect_ratio: Mapped[str] = mapped_column(String(16))
+    quality: Mapped[str] = mapped_column(String(8))
+    render_quality: Mapped[str] = mapped_column(String(16))
+    output_format: Mapped[str] = mapped_column(String(8))
+    n: Mapped[int] = mapped_column(Integer)
+    is_async: Mapped[bool] = mapped_column(Boolean, default=False)
+    reference_count: Mapped[int] = mapped_column(Integer, default=0)
+    credits_requested: Mapped[int] = mapped_column(Integer)
+    credits_refunded: Mapped[int] = mapped_column(Integer, default=0)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str | None] = mapped_column(String(64))
+    provider_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_code: Mapped[str | None] = mapped_column(String(64))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("user_id", "idempotency_key"),
+        Index("ix_generations_user_created", "user_id", "created_at"),
+        Index("ix_generations_unfinished", "status", "created_at",
+              postgresql_where=text("status IN ('queued', 'running')"),
+              sqlite_where=text("status IN ('queued', 'running')")),
+        CheckConstraint("n >= 1", name="n_positive"),
+        CheckConstraint("credits_refunded >= 0 AND credits_refunded <= credits_requested",
+                        name="refund_in_range"),
+    )
+
+
+class CreditLedgerEntry(Base):
+    """Append-only: every movement of credits is one row per lot it touches."""
+
+    __tablename__ = "credit_ledger"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    lot_id: Mapped[int | None] = mapped_column(ForeignKey("credit_lots.id"), index=True)
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"))
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[int] = mapped_column(Integer)
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        CheckConstraint(
+            "kind IN ('grant', 'charge', 'refund', 'expire', 'adjust')", name="kind_known"),
+        CheckConstraint(
+            "(kind = 'grant' AND amount > 0) OR (kind = 'refund' AND amount > 0)"
+            " OR (kind IN ('charge', 'expire') AND amount < 0) OR kind = 'adjust'",
+            name="amount_sign"),
+        # A lot is charged, and refunded, at most once per generation: a second refund of the
+        # same generation is rejected by the database itself.
+        Index("uq_credit_ledger_generation_movement", "generation_id", "kind", "lot_id",
+              unique=True,
+              postgresql_where=text("generation_id IS NOT NULL"),
+              sqlite_where=text("generation_id IS NOT NULL")),
+    )
+
+
+class GenerationImage(Base):
+    __tablename__ = "generation_images"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    generation_id: Mapped[str] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    content_type: Mapped[str] = mapped_column(String(32))
+    byte_size: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("generation_id", "index"),)
+
+
+class ReferenceImage(Base):
+    __tablename__ = "reference_images"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    generation_id: Mapped[str] = mapped_column(
+        ForeignKey("generations.id", ondelete="CASCADE"))
+    index: Mapped[int] = mapped_column(Integer)
+    storage_key: Mapped[str] = mapped_column(String(512))
+    filename: Mapped[str] = mapped_column(String(255))
+    content_type: Mapped[str] = mapped_column(String(32))
+    byte_size: Mapped[int] = mapped_column(BigId)
+
+    __table_args__ = (UniqueConstraint("generation_id", "index"),)

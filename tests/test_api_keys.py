@@ -1,0 +1,113 @@
+"""API key lifecycle through HTTP, and what the database holds."""
+
+import re
+import shutil
+import subprocess
+from datetime import timedelta
+
+from sqlalchemy import select, update
+
+from app import api_keys
+from app.db import utcnow
+from app.models import ApiKey
+from tests.conftest import bearer
+
+
+def assert_auth_error(response, code: str) -> None:  # noqa: ANN001
+    assert response.status_code == 401, response.text
+    assert response.json() == {"error": {"message": response.json()["error"]["message"],
+                                         "code": code}}
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+async def test_key_format_is_gih_live_and_32_base62() -> None:
+    keys = {api_keys.generate_key() for _ in range(200)}
+    assert len(keys) == 200
+    assert all(re.fullmatch(r"gih_live_[A-Za-z0-9]{32}", k) for k in keys)
+
+
+async def test_issued_key_works_then_revoke_rejects_it(any_db) -> None:  # noqa: ANN001
+    user, key = await any_db.user_with_key(10)
+    ok = await any_db.http.get("/api/v1/credits", headers=bearer(key))
+    assert ok.status_code == 200
+    assert ok.json()["credits"] == 10
+
+    async with any_db.session() as session, session.begin():
+        key_id = (await session.scalar(select(ApiKey.id).where(ApiKey.user_id == user.id)))
+        await api_keys.revoke(session, key_id)
+    revoked = await any_db.http.get("/api/v1/credits", headers=bearer(key))
+    assert_auth_error(revoked, "invalidApiKey")
+
+
+async def test_expired_key_is_expired_api_key(pg) -> None:  # noqa: ANN001
+    user = await pg.user(10)
+    key = await pg.key(user, expires_at=utcnow() + timedelta(days=1))
+    assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
+    async with pg.session() as session, session.begin():
+        await session.execute(update(ApiKey).where(ApiKey.user_id == user.id)
+                              .values(expires_at=utcnow() - timedelta(seconds=1)))
+    assert_auth_error(await pg.http.get("/api/v1/credits", headers=bearer(key)), "expiredApiKey")
+
+
+async def test_missing_and_malformed_headers(any_db) -> None:  # noqa: ANN001
+    http = any_db.http
+    assert_auth_error(await http.get("/api/v1/credits"), "missingApiKey")
+    assert_auth_error(await http.get("/api/v1/credits", headers={"Authorization": ""}),
+                      "missingApiKey")
+    assert_auth_error(await http.get("/api/v1/credits", headers={"Authorization": "Bearer"}),
+                      "missingApiKey")
+    assert_auth_error(await http.get("/api/v1/credits",
+                                     headers={"Authorization": "Basic dXNlcjpwYXNz"}),
+                      "missingApiKey")
+    assert_auth_error(await http.get("/api/v1/credits", headers=bearer("garbage")),
+                      "invalidApiKey")
+    assert_auth_error(await http.get("/api/v1/credits", headers=bearer("gih_live_short")),
+                      "invalidApiKey")
+    unknown = api_keys.generate_key()
+    assert_auth_error(await http.get("/api/v1/credits", headers=bearer(unknown)),
+                      "invalidApiKey")
+
+
+async def test_key_of_one_user_sees_only_its_balance(pg) -> None:  # noqa: ANN001
+    _, key_a = await pg.user_with_key(8)
+    _, key_b = await pg.user_with_key(30)
+    assert (await pg.http.get("/api/v1/credits", headers=bearer(key_a))).json()["credits"] == 8
+    assert (await pg.http.get("/api/v1/credits", headers=bearer(key_b))).json()["credits"] == 30
+
+
+async def test_database_holds_no_raw_key(pg, pg_url) -> None:  # noqa: ANN001
+    user, key = await pg.user_with_key(5)
+    assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
+    async with pg.session() as session:
+        row = await session.scalar(select(ApiKey).where(ApiKey.user_id == user.id))
+    columns = {c.name: getattr(row, c.key) for c in ApiKey.__table__.columns}
+    body = key.removeprefix("gih_live_")
+    assert all(body not in str(v) for v in columns.values())
+    assert row.key_hash == api_keys.hash_key(key, pg.app.state.key_secret)
+    assert key.startswith(row.prefix) and len(row.prefix) <= 13
+    # The whole database, as a dump would show it.
+    dump = subprocess.run([shutil.which("pg_dump") or "pg_dump", "--data-only", pg_url],
+                          capture_output=True, text=True, check=True).stdout
+    assert row.key_hash in dump
+    assert body not in dump and body[:16] not in dump
+
+
+async def test_last_used_at_written_at_most_once_a_minute(pg) -> None:  # noqa: ANN001
+    user, key = await pg.user_with_key(5)
+
+    async def last_used():  # noqa: ANN202
+        async with pg.session() as session:
+            return await session.scalar(select(ApiKey.last_used_at)
+                                        .where(ApiKey.user_id == user.id))
+
+    assert await last_used() is None
+    await pg.http.get("/api/v1/credits", headers=bearer(key))
+    first = await last_used()
+    assert first is not None
+    await pg.http.get("/api/v1/credits", headers=bearer(key))
+    assert await last_used() == first
+    async with pg.session() as session, session.begin():
+        await session.execute(update(ApiKey).where(ApiKey.user_id == user.id)
+                              .values(last_used_at=first - timedelta(minutes=2)))
+    await pg.http.get("/api/v1/credits", headers=bearer(key))
+    assert await last_used() > first - timedelta(seconds=1)
