@@ -15,7 +15,7 @@ from fastapi import Depends, Request
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import SessionDep, utcnow
+from app.db import utcnow
 from app.errors import AuthError, NotFound
 from app.ids import new_id, random_base62
 from app.models import ApiKey, User
@@ -118,9 +118,12 @@ def bearer_token(authorization: str | None) -> str:
     return token.strip()
 
 
-async def current_principal(request: Request, session: SessionDep) -> Principal:
-    return await authenticate(session, request.headers.get("authorization"),
-                              secret=request.app.state.key_secret)
+async def current_principal(request: Request) -> Principal:
+    """Authenticate in a short transaction of its own: a request that then waits minutes for
+    its generation holds no database connection meanwhile."""
+    async with request.app.state.sessionmaker() as session, session.begin():
+        return await authenticate(session, request.headers.get("authorization"),
+                                  secret=request.app.state.key_secret)
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

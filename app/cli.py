@@ -295,6 +295,23 @@ def serve(
                 timeout_graceful_shutdown=30)
 
 
+@app.command()
+def worker() -> None:
+    """Run the background worker (arq on GIH_REDIS_URL): generation jobs and the sweep."""
+    cfg = settings()
+    problems = cfg.problems()
+    if not cfg.redis_url:
+        problems.append("GIH_REDIS_URL is required for `gih worker` (without it, `gih serve` "
+                        "runs jobs in-process)")
+    if problems:
+        raise Failure("invalid configuration:\n  - " + "\n  - ".join(problems), 2)
+    from arq.worker import run_worker
+
+    from worker.settings import WorkerSettings
+
+    run_worker(WorkerSettings)  # type: ignore[arg-type]
+
+
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -44,9 +44,14 @@ class Settings(BaseSettings):
     sync_timeout_s: float = Field(800.0, gt=0)
     catalog_path: Path | None = None
     max_reference_image_bytes: int = Field(50 * 1024 * 1024, gt=0)
-    provider_timeout_s: float = Field(240.0, gt=0)
+    provider_timeout_s: float = Field(180.0, gt=0)
     provider_max_retries: int = Field(2, ge=0, le=10)
-    job_timeout_s: float = Field(300.0, gt=0)
+    job_timeout_s: float = Field(600.0, ge=30)
+    stale_after_s: float = Field(45.0, ge=1)
+    sweep_interval_s: float = Field(15.0, gt=0)
+    generation_deadline_s: float = Field(1800.0, ge=60)
+    job_concurrency: int = Field(8, ge=1, le=1000)
+    shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
     log_level: str = "INFO"
 

@@ -1,16 +1,19 @@
 """The ASGI application: create_app() and its lifespan."""
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import api
-from app.catalog import load_catalog
+from app import api, files
 from app.config import Settings, get_settings
-from app.db import create_engine, create_sessionmaker
 from app.errors import install_handlers
+from app.generations import endpoints as generations
+from app.generations.jobs import run_generation, sweep_forever
+from app.jobs import InProcessQueue
+from app.runtime import close_runtime, open_runtime
 
 log = logging.getLogger("gih")
 
@@ -29,20 +32,33 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         settings.check()
-        engine = create_engine(settings)
+        rt = open_runtime(settings)
+        app.state.runtime = rt
         app.state.settings = settings
-        app.state.engine = engine
-        app.state.sessionmaker = create_sessionmaker(engine)
-        app.state.key_secret = settings.hashing_secret()
-        app.state.catalog = load_catalog(settings.catalog_path)
+        app.state.sessionmaker = rt.sessionmaker
+        app.state.key_secret = rt.secret
+        app.state.catalog = rt.catalog
         log.info("GPT Image Hub serving in %s", describe_mode(settings))
         if settings.provider_name == "mock":
             log.warning("*** MOCK PROVIDER: images are placeholders, no real generation. "
                         "Set OPENAI_API_KEY (or GIH_PROVIDER=openai) for real images. ***")
         try:
+            await rt.storage.check()  # creates the bucket when allowed
+        except Exception as exc:
+            log.warning("storage is not ready: %s", exc)
+        background = []
+        await rt.queue.start()
+        if isinstance(rt.queue, InProcessQueue):
+            # Embedded: this process is also the worker, and sweeps what a crash left behind.
+            rt.queue.runner = lambda gen_id, attempt: run_generation(rt, gen_id, attempt)
+            background.append(asyncio.create_task(sweep_forever(rt), name="gih-sweep"))
+        try:
             yield
         finally:
-            await engine.dispose()
+            for task in background:
+                task.cancel()
+            await asyncio.gather(*background, return_exceptions=True)
+            await close_runtime(rt, grace_s=settings.shutdown_grace_s)
 
     app = FastAPI(
         title="GPT Image Hub",
@@ -52,4 +68,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     install_handlers(app)
     app.include_router(api.router)
+    app.include_router(generations.router)
+    app.include_router(files.router)
     return app

@@ -1,5 +1,6 @@
 """Run the Alembic migrations from code (`gih db upgrade`, and the embedded default at start)."""
 
+import fcntl
 from pathlib import Path
 
 from alembic import command
@@ -17,7 +18,13 @@ def alembic_config(database_url: str) -> Config:
 
 
 def upgrade(database_url: str, revision: str = "head") -> None:
+    """Safe to run from several processes at once: SQLite takes a file lock, PostgreSQL an
+    advisory lock (in migrations/env.py)."""
     path = sqlite_path(database_url)
-    if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    command.upgrade(alembic_config(database_url), revision)
+    if path is None:
+        command.upgrade(alembic_config(database_url), revision)
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".migrate.lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        command.upgrade(alembic_config(database_url), revision)

@@ -26,6 +26,8 @@ def run_migrations(connection: Connection) -> None:
         compare_type=True,
     )
     with context.begin_transaction():
+        if connection.dialect.name == "postgresql":  # one migrator at a time
+            connection.exec_driver_sql("SELECT pg_advisory_xact_lock(7243190815)")
         context.run_migrations()
 
 

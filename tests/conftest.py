@@ -1,12 +1,18 @@
 """Shared fixtures: a real PostgreSQL database built by the migrations, SQLite twins, the app."""
 
 import asyncio
+import contextlib
 import os
 import secrets
+import signal
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import asyncpg
 import httpx2
@@ -18,6 +24,10 @@ from app.config import Settings
 from app.main import create_app
 from app.migrate import upgrade
 from app.models import User
+
+if TYPE_CHECKING:
+    from tests.fakes.openai_fake import OpenAIFake
+    from tests.fakes.seaweed import SeaweedS3
 
 POSTGRES_ADMIN_URL = os.environ.get("GIH_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -96,6 +106,7 @@ class Client:
         return self.app.state.sessionmaker()
 
 
+@contextlib.asynccontextmanager
 async def running_client(settings: Settings) -> AsyncIterator[Client]:
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -106,7 +117,7 @@ async def running_client(settings: Settings) -> AsyncIterator[Client]:
 
 @pytest.fixture
 async def pg(pg_url: str) -> AsyncIterator[Client]:
-    async for client in running_client(make_settings(pg_url)):
+    async with running_client(make_settings(pg_url)) as client:
         yield client
 
 
@@ -115,7 +126,7 @@ async def any_db(request: pytest.FixtureRequest, pg_url: str,
                  sqlite_url: str) -> AsyncIterator[Client]:
     """The smoke subset runs on both backends."""
     url = pg_url if request.param == "postgresql" else sqlite_url
-    async for client in running_client(make_settings(url)):
+    async with running_client(make_settings(url)) as client:
         yield client
 
 
@@ -124,3 +135,147 @@ def bearer(key: str) -> dict[str, str]:
 
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+# --- the production path: Redis, SeaweedFS, the OpenAI fake and a real `gih worker` ---------
+
+REDIS_TEST_URL = os.environ.get("GIH_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
+S3_BUCKET = "gih-test"
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> str:
+    """A Redis database of our own, emptied first. Redis being down fails the run."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
+    try:
+        client.flushdb()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis is required for the test suite ({REDIS_TEST_URL}): {exc}")
+    finally:
+        client.close()
+    return REDIS_TEST_URL
+
+
+@pytest.fixture(scope="session")
+def openai_fake() -> Iterator["OpenAIFake"]:
+    from tests.fakes.openai_fake import OpenAIFake
+
+    fake = OpenAIFake().start()
+    yield fake
+    fake.stop()
+
+
+@pytest.fixture(scope="session")
+def s3() -> Iterator["SeaweedS3"]:
+    from tests.fakes.seaweed import SeaweedS3
+
+    server = SeaweedS3().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:  # noqa: ANN001
+    """The production configuration, as environment variables (for `gih worker`)."""
+    return {
+        "GIH_DATABASE_URL": pg_url, "GIH_REDIS_URL": redis_url, "GIH_SECRET_KEY": TEST_SECRET,
+        "GIH_STORAGE": "s3", "GIH_S3_BUCKET": S3_BUCKET, "GIH_S3_ENDPOINT_URL": s3.endpoint_url,
+        "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
+        "AWS_DEFAULT_REGION": "us-east-1", "GIH_PROVIDER": "openai",
+        "OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_BASE_URL": openai_fake.base_url,
+        "GIH_PROVIDER_TIMEOUT_S": "4", "GIH_PROVIDER_MAX_RETRIES": "1",
+        "GIH_STALE_AFTER_S": "4", "GIH_SWEEP_INTERVAL_S": "1", "GIH_JOB_TIMEOUT_S": "60",
+        "GIH_PUBLIC_BASE_URL": "http://testserver",
+    }
+
+
+def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
+    values = {k.removeprefix("GIH_").lower(): v for k, v in env.items() if k.startswith("GIH_")}
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+class WorkerProcess:
+    """A real `gih worker` process."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = {**{k: v for k, v in os.environ.items()
+                       if not k.startswith(("GIH_", "OPENAI_", "AWS_"))}, **env}
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> "WorkerProcess":
+        log = open(self.log_path, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen([str(Path(sys.executable).parent / "gih"), "worker"],
+                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        log.close()
+        deadline = time.monotonic() + 30
+        while b"gih worker ready" not in self.log_path.read_bytes():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("gih worker did not start:\n" + self.log_tail())
+            time.sleep(0.1)
+        return self
+
+    def kill(self) -> None:
+        assert self.process is not None
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def log_tail(self) -> str:
+        return self.log_path.read_bytes()[-4000:].decode(errors="replace")
+
+
+@pytest.fixture(scope="session")
+def worker(prod_env: dict[str, str],
+           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+    process = WorkerProcess(prod_env, tmp_path_factory.mktemp("worker") / "worker.log").start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def prod_sdk_env(prod_env: dict[str, str], openai_fake) -> Iterator[None]:  # noqa: ANN001
+    """The variables the OpenAI and AWS SDKs read themselves, for an in-process API."""
+    names = [k for k in prod_env if k.startswith(("OPENAI_", "AWS_"))]
+    saved = {k: os.environ.get(k) for k in names}
+    os.environ.update({k: prod_env[k] for k in names})
+    openai_fake.reset()
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+@pytest.fixture
+async def prod(prod_env: dict[str, str], worker: WorkerProcess,
+               prod_sdk_env: None) -> AsyncIterator[Client]:
+    """The API in-process, configured for production, with the real worker behind it."""
+    async with running_client(settings_from_env(prod_env)) as client:
+        yield client
+
+
+async def poll(client: Client, key: str, generation_id: str, *, timeout: float = 30,
+               until: tuple[str, ...] = ("succeeded", "failed")) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        response = await client.http.get(f"/api/v1/generations/{generation_id}",
+                                         headers=bearer(key))
+        assert response.status_code == 200, response.text
+        body = response.json()
+        if body["status"] in until:
+            return body
+        assert time.monotonic() < deadline, f"still {body['status']} after {timeout}s"
+        await asyncio.sleep(0.1)

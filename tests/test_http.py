@@ -41,7 +41,7 @@ async def test_operator_catalog_file_replaces_the_shipped_one(pg_url, tmp_path) 
                  provider_model="gpt-image-2-mini", max_images_per_request=2)
     path = tmp_path / "catalog.json"
     path.write_text(json.dumps({"models": [custom, other]}))
-    async for client in running_client(make_settings(pg_url, catalog_path=path)):
+    async with running_client(make_settings(pg_url, catalog_path=path)) as client:
         body = (await client.http.get("/api/v1/models")).json()
     assert [m["id"] for m in body["data"]] == ["gpt-image-2", "gpt-image-2-mini"]
     assert body["data"][0]["credits_per_image"] == {"1K": 5, "2K": 9, "4K": 20}
@@ -82,7 +82,7 @@ async def test_crash_is_internal_error_without_internals(pg) -> None:  # noqa: A
 async def test_database_down_is_service_unavailable(tmp_path) -> None:  # noqa: ANN001
     # Nothing listens on port 1: the database is unreachable.
     settings = make_settings("postgresql://postgres@127.0.0.1:1/none")
-    async for client in running_client(settings):
+    async with running_client(settings) as client:
         response = await client.http.get("/api/v1/credits",
                                          headers=bearer("gih_live_" + "a" * 32))
         assert_envelope(response, 503, "serviceUnavailable")

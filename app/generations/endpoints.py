@@ -1,0 +1,131 @@
+"""POST /api/v1/images/generations and GET /api/v1/generations/{id}."""
+
+import contextlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse
+
+from app.api_keys import CurrentPrincipal
+from app.errors import InvalidRequest, NotFound, error_response
+from app.generations import service
+from app.generations.inputs import parse_input
+from app.generations.views import generation_body
+from app.runtime import Runtime
+from app.schemas import balance_body
+from app.uploads import UploadError, drain, parse_multipart
+
+router = APIRouter(prefix="/api/v1", tags=["generations"])
+
+MAX_JSON_BYTES = 1024 * 1024
+DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
+
+
+def runtime(request: Request) -> Runtime:
+    return request.app.state.runtime
+
+
+async def read_json(request: Request) -> dict[str, Any]:
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_JSON_BYTES:
+            raise InvalidRequest(f"JSON body is larger than {MAX_JSON_BYTES // 1024} KB")
+    try:
+        fields = json.loads(bytes(body))
+    except (ValueError, RecursionError):
+        raise InvalidRequest("request body is not valid JSON") from None
+    if not isinstance(fields, dict):
+        raise InvalidRequest("request body must be a JSON object")
+    if "reference_image" in fields or "reference_image[]" in fields:
+        raise InvalidRequest("reference_image is accepted only as a multipart/form-data file",
+                             param="reference_image")
+    return fields
+
+
+def check_idempotency_key(value: str | None) -> str | None:
+    if value is None:
+        return None
+    if not 1 <= len(value) <= 255 or not all(" " <= c <= "~" for c in value):
+        raise InvalidRequest("Idempotency-Key must be 1 to 255 printable ASCII characters",
+                             param="Idempotency-Key")
+    return value
+
+
+def respond(body: dict[str, Any]) -> JSONResponse:
+    status = body["status"]
+    if status == "failed":
+        return error_response(500, "generationFailed", body["error"]["message"],
+                              generation_id=body["id"])
+    if status == "succeeded":
+        return JSONResponse(body, status_code=200)
+    return JSONResponse(body, status_code=202, headers={"Location": body["poll_url"]})
+
+
+@router.post("/images/generations", status_code=200, responses={
+    202: {"description": "queued or still running: poll `poll_url`"},
+    400: {"description": "invalid_request"}, 401: {"description": "bad or missing key"},
+    402: {"description": "insufficientCredits"}, 409: {"description": "idempotencyConflict"},
+    500: {"description": "generationFailed (credits refunded) or internalError"},
+    503: {"description": "serviceUnavailable"},
+})
+async def create_generation(
+    request: Request,
+    principal: CurrentPrincipal,
+    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+) -> JSONResponse:
+    """Generate images from a prompt (JSON), or from a prompt and reference images
+    (multipart/form-data, repeated `reference_image` file parts)."""
+    rt = runtime(request)
+    key = check_idempotency_key(idempotency_key)
+    content_type = request.headers.get("content-type", "")
+    tmp = Path(tempfile.mkdtemp(prefix="gih-upload-"))
+    try:
+        references = []
+        if content_type.startswith("application/json") or content_type.endswith("+json"):
+            fields: dict[str, Any] = await read_json(request)
+        elif content_type.startswith("multipart/form-data"):
+            limit = max(m.reference_image_limit for m in rt.catalog.models())
+            try:
+                form = await parse_multipart(
+                    request.stream(), content_type, tmp_dir=tmp,
+                    max_file_bytes=rt.settings.max_reference_image_bytes, max_files=limit)
+            except UploadError as exc:
+                await drain_quietly(request)
+                raise InvalidRequest(exc.message, param=exc.param) from None
+            fields, references = dict(form.fields), form.references
+        else:
+            raise InvalidRequest("Content-Type must be application/json or multipart/form-data")
+        generation = parse_input(fields, rt.catalog, reference_count=len(references))
+        accepted = await service.submit(rt, principal, generation, references,
+                                        idempotency_key=key)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    if accepted.created and not generation.is_async:
+        await service.wait_until_final(rt, accepted.generation_id, rt.settings.sync_timeout_s)
+    row, images = await service.load(rt, accepted.generation_id, principal.user.id)
+    body = generation_body(row, images, storage=rt.storage, base_url=rt.settings.base_url)
+    body["balance"] = balance_body(await service.balance_of(rt, principal.user.id))
+    return respond(body)
+
+
+async def drain_quietly(request: Request) -> None:
+    """Read (and drop) what the client is still sending, so it sees our 400 and not a reset."""
+    with contextlib.suppress(Exception):  # the client may be gone; the 400 stands
+        await drain(request.stream(), DRAIN_LIMIT_BYTES)
+
+
+@router.get("/generations/{generation_id}", responses={
+    401: {"description": "bad or missing key"}, 404: {"description": "notFound"}})
+async def get_generation(generation_id: str, request: Request,
+                         principal: CurrentPrincipal) -> dict[str, Any]:
+    """A generation, for its owner; image URLs are fresh on every read."""
+    rt = runtime(request)
+    if len(generation_id) > 64:
+        raise NotFound(f"no generation {generation_id[:64]}...")
+    row, images = await service.load(rt, generation_id, principal.user.id)
+    return generation_body(row, images, storage=rt.storage, base_url=rt.settings.base_url)

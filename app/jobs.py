@@ -1,0 +1,201 @@
+"""Enqueue generation jobs and wait for them: arq on Redis in production, in-process when embedded.
+
+Only ids cross the queue. A job id is derived from the generation id and its attempt number, so
+a re-enqueue by the sweep never collides with the job it replaces. Completion is announced on a
+Redis channel (or an in-process future), so a waiting request wakes at once, without polling.
+"""
+
+import asyncio
+import contextlib
+import logging
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from typing import Protocol
+
+log = logging.getLogger("gih.jobs")
+
+DONE_CHANNEL = "gih:done:"
+JOB_FUNCTION = "run_generation"
+
+Runner = Callable[[str, int], Awaitable[None]]
+
+
+def job_id(generation_id: str, attempt: int) -> str:
+    return f"gen:{generation_id}:{attempt}"
+
+
+class QueueUnavailable(Exception):
+    """The job queue cannot take the job now."""
+
+
+class JobQueue(Protocol):
+    async def enqueue(self, generation_id: str, attempt: int) -> None: ...
+    async def is_pending(self, generation_id: str, attempt: int) -> bool: ...
+    async def notify(self, generation_id: str) -> None: ...
+    def watch(self, generation_id: str) -> "Watch": ...
+    async def start(self) -> None: ...
+    async def close(self, grace_s: float = 0) -> None: ...
+
+
+class Watch:
+    """Set when the generation it watches is announced; register before checking its state."""
+
+    def __init__(self, waiters: "Waiters", generation_id: str) -> None:
+        self.waiters = waiters
+        self.generation_id = generation_id
+        self.event = asyncio.Event()
+
+    async def wait(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self.event.wait(), timeout)
+        except TimeoutError:
+            return False
+        self.event.clear()
+        return True
+
+    def __enter__(self) -> "Watch":
+        self.waiters.by_id[self.generation_id].add(self)
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        watches = self.waiters.by_id.get(self.generation_id)
+        if watches is not None:
+            watches.discard(self)
+            if not watches:
+                del self.waiters.by_id[self.generation_id]
+
+
+class Waiters:
+    """Requests waiting for generations to finish, by generation id."""
+
+    def __init__(self) -> None:
+        self.by_id: dict[str, set[Watch]] = defaultdict(set)
+
+    def watch(self, generation_id: str) -> Watch:
+        return Watch(self, generation_id)
+
+    def wake(self, generation_id: str) -> None:
+        for watch in self.by_id.get(generation_id, ()):
+            watch.event.set()
+
+
+class InProcessQueue:
+    """Embedded mode: jobs run as tasks of this process, a few at a time."""
+
+    def __init__(self, concurrency: int = 4) -> None:
+        self.runner: Runner | None = None
+        self.waiters = Waiters()
+        self._slots = asyncio.Semaphore(concurrency)
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    async def enqueue(self, generation_id: str, attempt: int) -> None:
+        key = job_id(generation_id, attempt)
+        if key in self._tasks or self.runner is None:
+            return
+        task = asyncio.create_task(self._run(generation_id, attempt), name=key)
+        self._tasks[key] = task
+        task.add_done_callback(lambda _t: self._tasks.pop(key, None))
+
+    async def _run(self, generation_id: str, attempt: int) -> None:
+        assert self.runner is not None
+        async with self._slots:
+            try:
+                await self.runner(generation_id, attempt)
+            except Exception:
+                log.exception("job %s failed", job_id(generation_id, attempt))
+
+    async def is_pending(self, generation_id: str, attempt: int) -> bool:
+        return job_id(generation_id, attempt) in self._tasks
+
+    async def notify(self, generation_id: str) -> None:
+        self.waiters.wake(generation_id)
+
+    def watch(self, generation_id: str) -> Watch:
+        return self.waiters.watch(generation_id)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self, grace_s: float = 0) -> None:
+        tasks = list(self._tasks.values())
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        for task in tasks:  # cut off: the sweep picks these up at the next start
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class ArqQueue:
+    """Production: arq jobs in Redis, completion over Redis pub/sub."""
+
+    def __init__(self, redis_url: str, *, listen: bool = True) -> None:
+        self.redis_url = redis_url
+        self.listen = listen
+        self.waiters = Waiters()
+        self.pool = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        from arq import create_pool
+        from arq.connections import RedisSettings
+
+        settings = RedisSettings.from_dsn(self.redis_url)
+        settings.conn_timeout = 3
+        settings.conn_retries = 2
+        self.pool = await create_pool(settings)
+        if self.listen:
+            self._listener = asyncio.create_task(self._listen(), name="gih-done-listener")
+
+    def use_pool(self, pool: object) -> None:
+        """Share the worker's own arq connection instead of opening one."""
+        self.pool = pool
+
+    async def enqueue(self, generation_id: str, attempt: int) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self.pool.enqueue_job(JOB_FUNCTION, generation_id, attempt,
+                                        _job_id=job_id(generation_id, attempt))
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"Redis: {exc}") from exc
+
+    async def is_pending(self, generation_id: str, attempt: int) -> bool:
+        from arq.jobs import Job, JobStatus
+
+        status = await Job(job_id(generation_id, attempt), self.pool).status()
+        return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
+
+    async def notify(self, generation_id: str) -> None:
+        await self.pool.publish(DONE_CHANNEL + generation_id, "1")
+
+    def watch(self, generation_id: str) -> Watch:
+        return self.waiters.watch(generation_id)
+
+    async def _listen(self) -> None:
+        """One subscription per process for every waiting request; reconnects on failure."""
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.psubscribe(DONE_CHANNEL + "*")
+                async for message in pubsub.listen():
+                    if message.get("type") == "pmessage":
+                        channel = message["channel"]
+                        if isinstance(channel, bytes):
+                            channel = channel.decode()
+                        self.waiters.wake(channel.removeprefix(DONE_CHANNEL))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # Redis went away: waiters fall back to their DB re-check
+                log.warning("completion listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(1)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+    async def close(self, grace_s: float = 0) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._listener
+        if self.pool is not None:
+            await self.pool.aclose()

@@ -1,0 +1,50 @@
+"""What the API process and the worker share: database, storage, provider, queue, catalog."""
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+
+from app.catalog import Catalog, load_catalog
+from app.config import Settings
+from app.db import create_engine, create_sessionmaker
+from app.jobs import ArqQueue, InProcessQueue, JobQueue
+from app.providers import ImageProvider, create_provider
+from app.storage import Storage, create_storage
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    engine: AsyncEngine
+    sessionmaker: async_sessionmaker[AsyncSession]
+    storage: Storage
+    provider: ImageProvider
+    catalog: Catalog
+    queue: JobQueue
+    secret: bytes
+
+
+def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtime:
+    engine = create_engine(settings)
+    provider_budget = max(settings.job_timeout_s - 30, settings.job_timeout_s * 0.8)
+    if queue is None:
+        queue = (ArqQueue(settings.redis_url) if settings.redis_url
+                 else InProcessQueue(settings.job_concurrency))
+    return Runtime(
+        settings=settings,
+        engine=engine,
+        sessionmaker=create_sessionmaker(engine),
+        storage=create_storage(settings),
+        provider=create_provider(settings.provider_name, timeout_s=settings.provider_timeout_s,
+                                 max_retries=settings.provider_max_retries,
+                                 total_timeout_s=provider_budget),
+        catalog=load_catalog(settings.catalog_path),
+        queue=queue,
+        secret=settings.hashing_secret(),
+    )
+
+
+async def close_runtime(runtime: Runtime, *, grace_s: float = 0) -> None:
+    await runtime.queue.close(grace_s)
+    await runtime.provider.aclose()
+    await runtime.engine.dispose()

@@ -1,0 +1,57 @@
+"""The arq worker (`gih worker`): runs generation jobs and the sweep."""
+
+import asyncio
+import logging
+from typing import Any, ClassVar
+
+from arq.connections import RedisSettings
+
+from app.config import get_settings
+from app.generations.jobs import run_generation as run_generation_job
+from app.generations.jobs import sweep_forever
+from app.jobs import ArqQueue
+from app.runtime import open_runtime
+
+log = logging.getLogger("gih.worker")
+settings = get_settings()
+
+
+async def run_generation(ctx: dict[str, Any], generation_id: str, attempt: int) -> None:
+    """Named as app.jobs.JOB_FUNCTION: the name the API enqueues."""
+    await run_generation_job(ctx["runtime"], generation_id, attempt)
+
+
+async def startup(ctx: dict[str, Any]) -> None:
+    settings.check()
+    queue = ArqQueue(settings.redis_url or "", listen=False)
+    queue.use_pool(ctx["redis"])
+    rt = open_runtime(settings, queue=queue)
+    try:
+        await rt.storage.check()
+    except Exception as exc:
+        log.warning("storage check failed at start: %s", exc)
+    ctx["runtime"] = rt
+    ctx["sweep"] = asyncio.create_task(sweep_forever(rt), name="gih-sweep")
+    log.info("gih worker ready: provider %s, %s storage", settings.provider_name,
+             settings.storage)
+
+
+async def shutdown(ctx: dict[str, Any]) -> None:
+    ctx["sweep"].cancel()
+    await asyncio.gather(ctx["sweep"], return_exceptions=True)
+    rt = ctx["runtime"]
+    await rt.provider.aclose()
+    await rt.engine.dispose()
+
+
+class WorkerSettings:
+    functions: ClassVar = [run_generation]
+    on_startup = startup
+    on_shutdown = shutdown
+    redis_settings = RedisSettings.from_dsn(settings.redis_url or "redis://127.0.0.1:6379/0")
+    job_timeout = settings.job_timeout_s
+    max_jobs = settings.job_concurrency
+    max_tries = 3
+    keep_result = 3600
+    health_check_interval = 30
+    allow_abort_jobs = False
