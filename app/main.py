@@ -26,8 +26,16 @@ def describe_mode(settings: Settings) -> str:
             f"provider {settings.provider_name}")
 
 
+def configure_logging(level: str) -> None:
+    """Worker processes of `gih serve --workers N` start without the CLI's logging set up."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
+    configure_logging(settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
