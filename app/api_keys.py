@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.db import utcnow
 from app.errors import AuthError, NotFound
 from app.ids import new_id, random_base62
+from app.middleware import note
 from app.models import ApiKey, User
 
 KEY_PREFIX = "gih_live_"
@@ -122,8 +123,10 @@ async def current_principal(request: Request) -> Principal:
     """Authenticate in a short transaction of its own: a request that then waits minutes for
     its generation holds no database connection meanwhile."""
     async with request.app.state.sessionmaker() as session, session.begin():
-        return await authenticate(session, request.headers.get("authorization"),
-                                  secret=request.app.state.key_secret)
+        principal = await authenticate(session, request.headers.get("authorization"),
+                                       secret=request.app.state.key_secret)
+    note(request, user_id=principal.user.id)
+    return principal
 
 
 CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

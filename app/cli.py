@@ -290,13 +290,33 @@ def serve(
             typer.echo("No users yet. Create one and issue a key:\n"
                        "  gih users create you@example.com --credits 100\n"
                        "  gih keys create you@example.com\n", err=True)
+    if workers > 1:
+        share_metrics_between_processes()
+    # SIGTERM: stop accepting, let in-flight requests (sync waits included) finish for up to
+    # the grace period, then stop; anything cut off is finished by the worker or the sweep.
     uvicorn.run("app.main:create_app", factory=True, host=cfg.host, port=cfg.port,
-                workers=workers, backlog=2048, log_level=cfg.log_level.lower(),
-                timeout_graceful_shutdown=30)
+                workers=workers, backlog=2048, log_config=None, access_log=False,
+                timeout_graceful_shutdown=int(cfg.shutdown_grace_s), timeout_keep_alive=75)
+
+
+def share_metrics_between_processes() -> None:
+    """prometheus-client's multiprocess mode: every worker process writes to one directory."""
+    import shutil
+    import tempfile
+
+    folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)  # values of a previous run are not ours
+        os.makedirs(folder, exist_ok=True)
+    else:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="gih-metrics-")
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    check: Annotated[bool, typer.Option("--check", help="Exit 0 if a worker is alive (arq's "
+                                        "health check in Redis), 1 if not.")] = False,
+) -> None:
     """Run the background worker (arq on GIH_REDIS_URL): generation jobs and the sweep."""
     cfg = settings()
     problems = cfg.problems()
@@ -305,16 +325,29 @@ def worker() -> None:
                         "runs jobs in-process)")
     if problems:
         raise Failure("invalid configuration:\n  - " + "\n  - ".join(problems), 2)
-    from arq.worker import run_worker
+    from arq.worker import check_health, run_worker
 
+    from app import logs
     from worker.settings import WorkerSettings
 
+    if check:
+        raise typer.Exit(check_health(WorkerSettings))  # type: ignore[arg-type]
+    logs.configure(cfg.log_level, cfg.log_format)
+    if cfg.worker_metrics_port:
+        from prometheus_client import start_http_server
+
+        try:
+            start_http_server(cfg.worker_metrics_port, addr=cfg.host)
+        except OSError as exc:  # another worker on this host has the port: run without
+            logging.getLogger("gih.worker").warning(
+                "metrics not served on port %s: %s", cfg.worker_metrics_port, exc)
     run_worker(WorkerSettings)  # type: ignore[arg-type]
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    logging.getLogger("alembic").setLevel(logging.WARNING)
+    from app import logs
+
+    logs.configure("INFO", os.environ.get("GIH_LOG_FORMAT", "json"))
     try:
         app()
     except Failure as exc:

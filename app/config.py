@@ -54,6 +54,9 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
     log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+    log_prompts: bool = False
+    worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
     @field_validator("public_base_url", "redis_url", "s3_bucket", "s3_endpoint_url",
                      "s3_public_base_url", "secret_key", "catalog_path", mode="before")

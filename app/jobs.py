@@ -33,6 +33,8 @@ class JobQueue(Protocol):
     async def is_pending(self, generation_id: str, attempt: int) -> bool: ...
     async def notify(self, generation_id: str) -> None: ...
     def watch(self, generation_id: str) -> "Watch": ...
+    async def ping(self) -> None: ...
+    async def depth(self) -> int: ...
     async def start(self) -> None: ...
     async def close(self, grace_s: float = 0) -> None: ...
 
@@ -113,6 +115,12 @@ class InProcessQueue:
     def watch(self, generation_id: str) -> Watch:
         return self.waiters.watch(generation_id)
 
+    async def ping(self) -> None:
+        return None
+
+    async def depth(self) -> int:
+        return len(self._tasks)
+
     async def start(self) -> None:
         return None
 
@@ -167,6 +175,14 @@ class ArqQueue:
 
     async def notify(self, generation_id: str) -> None:
         await self.pool.publish(DONE_CHANNEL + generation_id, "1")
+
+    async def ping(self) -> None:
+        await self.pool.ping()
+
+    async def depth(self) -> int:
+        from arq.constants import default_queue_name
+
+        return int(await self.pool.zcard(default_queue_name))
 
     def watch(self, generation_id: str) -> Watch:
         return self.waiters.watch(generation_id)

@@ -7,12 +7,13 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from app import api, files
+from app import api, files, health, logs
 from app.config import Settings, get_settings
 from app.errors import install_handlers
 from app.generations import endpoints as generations
 from app.generations.jobs import run_generation, sweep_forever
 from app.jobs import InProcessQueue
+from app.middleware import RequestMiddleware
 from app.runtime import close_runtime, open_runtime
 
 log = logging.getLogger("gih")
@@ -26,16 +27,9 @@ def describe_mode(settings: Settings) -> str:
             f"provider {settings.provider_name}")
 
 
-def configure_logging(level: str) -> None:
-    """Worker processes of `gih serve --workers N` start without the CLI's logging set up."""
-    if not logging.getLogger().handlers:
-        logging.basicConfig(level=level.upper(),
-                            format="%(asctime)s %(levelname)s %(name)s %(message)s")
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
-    configure_logging(settings.log_level)
+    logs.configure(settings.log_level, settings.log_format)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -75,7 +69,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_handlers(app)
+    app.add_middleware(RequestMiddleware)
     app.include_router(api.router)
     app.include_router(generations.router)
     app.include_router(files.router)
+    app.include_router(health.router)
     return app

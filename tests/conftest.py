@@ -188,7 +188,16 @@ def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:  #
         "GIH_PROVIDER_TIMEOUT_S": "4", "GIH_PROVIDER_MAX_RETRIES": "1",
         "GIH_STALE_AFTER_S": "4", "GIH_SWEEP_INTERVAL_S": "1", "GIH_JOB_TIMEOUT_S": "60",
         "GIH_PUBLIC_BASE_URL": "http://testserver",
+        "GIH_WORKER_METRICS_PORT": str(_free_port()),
     }
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:

@@ -15,6 +15,7 @@ from app.errors import InvalidRequest, NotFound, error_response
 from app.generations import service
 from app.generations.inputs import parse_input
 from app.generations.views import generation_body
+from app.middleware import note
 from app.runtime import Runtime
 from app.schemas import balance_body
 from app.uploads import UploadError, drain, parse_multipart
@@ -103,6 +104,7 @@ async def create_generation(
         generation = parse_input(fields, rt.catalog, reference_count=len(references))
         accepted = await service.submit(rt, principal, generation, references,
                                         idempotency_key=key)
+        note(request, generation_id=accepted.generation_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if accepted.created and not generation.is_async:
@@ -127,5 +129,6 @@ async def get_generation(generation_id: str, request: Request,
     rt = runtime(request)
     if len(generation_id) > 64:
         raise NotFound(f"no generation {generation_id[:64]}...")
+    note(request, generation_id=generation_id)
     row, images = await service.load(rt, generation_id, principal.user.id)
     return generation_body(row, images, storage=rt.storage, base_url=rt.settings.base_url)

@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import logging
 import tempfile
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import timedelta
@@ -16,12 +17,18 @@ from pathlib import Path
 
 from sqlalchemy import select, update
 
-from app import credits
+from app import credits, metrics
 from app.db import utcnow
 from app.generations.views import FINAL_STATUSES
 from app.ids import new_id
 from app.models import Generation, GenerationImage, ReferenceImage
-from app.providers.base import GeneratedImage, ImageRequest, ProviderError, ReferenceInput
+from app.providers.base import (
+    GeneratedImage,
+    ImageRequest,
+    ImageResult,
+    ProviderError,
+    ReferenceInput,
+)
 from app.runtime import Runtime
 from app.storage import StorageError, image_key
 
@@ -33,6 +40,7 @@ STORAGE_TRIES = 3
 
 
 async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
+    started = time.perf_counter()
     claimed = await claim(rt, generation_id, attempt)
     if claimed is None:
         return
@@ -41,17 +49,46 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
         async with heartbeat(rt, generation_id):
             with tempfile.TemporaryDirectory(prefix="gih-job-") as tmp:
                 request = await build_request(rt, generation, references, Path(tmp))
-                result = await rt.provider.generate(request)
+                result = await call_provider(rt, request)
             keys = await store_images(rt, generation_id, result.images)
     except ProviderError as exc:
-        log.info("generation %s failed at the provider: %s", generation_id, exc.message)
-        await finish_failed(rt, generation_id, f"the image provider failed: {exc.message}")
+        final = await finish_failed(rt, generation_id,
+                                    f"the image provider failed: {exc.message}")
     except StorageError as exc:
         log.warning("generation %s: storage failed: %s", generation_id, exc)
-        await finish_failed(rt, generation_id, "the generated images could not be stored")
+        final = await finish_failed(rt, generation_id, "the generated images could not be stored")
     else:
-        await finish_succeeded(rt, generation_id, result.images, keys, result.usage)
+        final = await finish_succeeded(rt, generation_id, result.images, keys, result.usage)
     await announce(rt, generation_id)
+    if final is not None:
+        log_job(rt, final, attempt, time.perf_counter() - started)
+
+
+async def call_provider(rt: Runtime, request: ImageRequest) -> ImageResult:
+    name = rt.provider.name
+    started = time.perf_counter()
+    try:
+        result = await rt.provider.generate(request)
+    except ProviderError as exc:
+        metrics.provider_latency.labels(name, "error").observe(time.perf_counter() - started)
+        metrics.provider_errors.labels(name, exc.code).inc()
+        raise
+    metrics.provider_latency.labels(name, "ok").observe(time.perf_counter() - started)
+    return result
+
+
+def log_job(rt: Runtime, generation: Generation, attempt: int, elapsed: float) -> None:
+    mode = metrics.mode_of(generation.is_async)
+    metrics.generations.labels(generation.model, generation.status, mode).inc()
+    fields = {"event": "job", "generation_id": generation.id, "user_id": generation.user_id,
+              "status": generation.status, "attempt": attempt, "mode": mode,
+              "duration_ms": round(elapsed * 1000, 1), "credits_refunded":
+              generation.credits_refunded}
+    if generation.status == "failed":
+        fields["error"] = generation.error_message
+    if rt.settings.log_prompts:
+        fields["prompt"] = generation.prompt
+    log.info("generation %s %s", generation.id, generation.status, extra=fields)
 
 
 async def claim(rt: Runtime, generation_id: str,
@@ -138,14 +175,13 @@ async def with_retries(action, tries: int = STORAGE_TRIES) -> None:  # noqa: ANN
 
 
 async def finish_succeeded(rt: Runtime, generation_id: str, images: list[GeneratedImage],
-                           keys: list[str], usage: dict | None) -> None:
+                           keys: list[str], usage: dict | None) -> Generation | None:
     if not images:
-        await finish_failed(rt, generation_id, "the image provider returned no images")
-        return
+        return await finish_failed(rt, generation_id, "the image provider returned no images")
     async with rt.sessionmaker() as session, session.begin():
         generation = await session.get(Generation, generation_id, with_for_update=True)
         if generation is None or generation.status in FINAL_STATUSES:
-            return
+            return None
         now = utcnow()
         delivered = min(len(images), generation.n)
         for index in range(delivered):
@@ -163,15 +199,17 @@ async def finish_succeeded(rt: Runtime, generation_id: str, images: list[Generat
         generation.status = "succeeded"
         generation.provider_usage = usage
         generation.completed_at = now
+    metrics.credits_refunded.inc(generation.credits_refunded)
+    return generation
 
 
 async def finish_failed(rt: Runtime, generation_id: str, message: str,
-                        code: str = "generationFailed") -> bool:
-    """Fail the generation and refund everything it still holds; False if already final."""
+                        code: str = "generationFailed") -> Generation | None:
+    """Fail the generation and refund everything it still holds; None if already final."""
     async with rt.sessionmaker() as session, session.begin():
         generation = await session.get(Generation, generation_id, with_for_update=True)
         if generation is None or generation.status in FINAL_STATUSES:
-            return False
+            return None
         owed = generation.credits_requested - generation.credits_refunded
         if owed > 0:
             await credits.refund(session, generation.user_id, generation_id, owed,
@@ -181,7 +219,8 @@ async def finish_failed(rt: Runtime, generation_id: str, message: str,
         generation.error_code = code
         generation.error_message = message
         generation.completed_at = utcnow()
-    return True
+    metrics.credits_refunded.inc(owed)
+    return generation
 
 
 async def announce(rt: Runtime, generation_id: str) -> None:
@@ -208,6 +247,7 @@ async def sweep(rt: Runtime) -> SweepReport:
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after_s)
     report = SweepReport()
+    metrics.sweeps.inc()
     async with rt.sessionmaker() as session:
         rows = (await session.execute(
             select(Generation.id, Generation.status, Generation.attempts, Generation.created_at,
@@ -216,22 +256,28 @@ async def sweep(rt: Runtime) -> SweepReport:
             .order_by(Generation.created_at).limit(1000))).all()
     for gen_id, status, attempts, created_at, beat in rows:
         if created_at < now - timedelta(seconds=settings.generation_deadline_s):
-            if await finish_failed(rt, gen_id, "the generation did not finish in time"):
+            failed = await finish_failed(rt, gen_id, "the generation did not finish in time")
+            if failed:
                 report.failed += 1
                 await announce(rt, gen_id)
+                log_job(rt, failed, attempts, 0.0)
             continue
         if (beat or created_at) >= stale_before:
             continue
         if status == "queued" and await rt.queue.is_pending(gen_id, attempts):
             continue
         if attempts >= MAX_ATTEMPTS:
-            if await finish_failed(rt, gen_id, f"the generation was interrupted {attempts} "
-                                               "times and was given up"):
+            failed = await finish_failed(rt, gen_id, f"the generation was interrupted "
+                                                     f"{attempts} times and was given up")
+            if failed:
                 report.failed += 1
                 await announce(rt, gen_id)
+                log_job(rt, failed, attempts, 0.0)
             continue
         if await requeue(rt, gen_id, attempts):
             report.requeued += 1
+    metrics.sweep_actions.labels("requeued").inc(report.requeued)
+    metrics.sweep_actions.labels("failed").inc(report.failed)
     if report.requeued or report.failed:
         log.info("sweep: %s re-enqueued, %s failed and refunded", report.requeued, report.failed)
     return report

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import credits
+from app import credits, metrics
 from app.api_keys import Principal
 from app.db import utcnow
 from app.errors import IdempotencyConflict, NotFound, ServiceUnavailable
@@ -70,6 +70,9 @@ async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
     except BaseException:
         await discard_references(rt, rows)
         raise
+    metrics.generations.labels(request.model.id, "accepted",
+                               metrics.mode_of(request.is_async)).inc()
+    metrics.credits_charged.inc(request.credits_requested)
     await enqueue_or_refund(rt, generation_id)
     return Accepted(generation_id, created=True)
 

@@ -1,0 +1,67 @@
+"""Per-request bookkeeping: the request id (X-Request-ID), one JSON log line, HTTP metrics."""
+
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from app import metrics
+from app.logs import request_id
+
+log = logging.getLogger("gih.request")
+
+VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+def incoming_request_id(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if VALID_REQUEST_ID.fullmatch(text):
+                return text
+    return uuid.uuid4().hex
+
+
+def note(scope_or_request: Any, **fields: str) -> None:
+    """Attach fields (user_id, generation_id) to the request's log line."""
+    scope = getattr(scope_or_request, "scope", scope_or_request)
+    scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
+
+
+class RequestMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = incoming_request_id(scope)
+        token = request_id.set(rid)
+        started = time.perf_counter()
+        status = 500
+        header = (b"x-request-id", rid.encode())
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            elapsed = time.perf_counter() - started
+            route = getattr(scope.get("route"), "path", None) or "unmatched"
+            method = scope["method"]
+            metrics.http_requests.labels(method, route, str(status)).inc()
+            metrics.http_latency.labels(method, route).observe(elapsed)
+            fields = scope.get("state", {}).get("log_fields", {})
+            log.info("%s %s %s", method, route, status, extra={
+                "event": "request", "method": method, "path": scope["path"], "route": route,
+                "status": status, "duration_ms": round(elapsed * 1000, 1), **fields})
+            request_id.reset(token)
