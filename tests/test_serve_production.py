@@ -4,10 +4,10 @@ driven over real HTTP: the same commands the Dockerfile and compose file run."""
 import json
 import os
 import re
-import threading
 import signal
 import socket
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request

@@ -55,3 +55,5 @@ class WorkerSettings:
     keep_result = 3600
     health_check_interval = 30
     allow_abort_jobs = False
+    # SIGTERM: take no new jobs, let running ones finish for up to the grace period.
+    job_completion_wait = int(settings.shutdown_grace_s)
