@@ -13,6 +13,7 @@ router = APIRouter(prefix="/api/v1")
 
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
     401: {"model": ErrorResponse, "description": "missingApiKey, invalidApiKey or expiredApiKey"},
+    500: {"model": ErrorResponse, "description": "internalError"},
     503: {"model": ErrorResponse, "description": "serviceUnavailable"},
 }
 

@@ -14,6 +14,7 @@ from app.api_keys import CurrentPrincipal
 from app.errors import InvalidRequest, NotFound, error_response
 from app.generations import service
 from app.generations.inputs import parse_input
+from app.generations.openapi import GET_RESPONSES, POST_RESPONSES, REQUEST_BODY, GenerationObject
 from app.generations.views import generation_body
 from app.middleware import note
 from app.runtime import Runtime
@@ -67,13 +68,8 @@ def respond(body: dict[str, Any]) -> JSONResponse:
     return JSONResponse(body, status_code=202, headers={"Location": body["poll_url"]})
 
 
-@router.post("/images/generations", status_code=200, responses={
-    202: {"description": "queued or still running: poll `poll_url`"},
-    400: {"description": "invalid_request"}, 401: {"description": "bad or missing key"},
-    402: {"description": "insufficientCredits"}, 409: {"description": "idempotencyConflict"},
-    500: {"description": "generationFailed (credits refunded) or internalError"},
-    503: {"description": "serviceUnavailable"},
-})
+@router.post("/images/generations", response_model=None, responses=POST_RESPONSES,
+             openapi_extra=REQUEST_BODY)
 async def create_generation(
     request: Request,
     principal: CurrentPrincipal,
@@ -121,8 +117,8 @@ async def drain_quietly(request: Request) -> None:
         await drain(request.stream(), DRAIN_LIMIT_BYTES)
 
 
-@router.get("/generations/{generation_id}", responses={
-    401: {"description": "bad or missing key"}, 404: {"description": "notFound"}})
+@router.get("/generations/{generation_id}", response_model=None, responses={
+    200: {"model": GenerationObject, "description": "the generation"}, **GET_RESPONSES})
 async def get_generation(generation_id: str, request: Request,
                          principal: CurrentPrincipal) -> dict[str, Any]:
     """A generation, for its owner; image URLs are fresh on every read."""
