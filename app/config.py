@@ -36,6 +36,7 @@ class Settings(BaseSettings):
     s3_bucket: str | None = None
     s3_endpoint_url: str | None = None
     s3_public_base_url: str | None = None
+    s3_presign_endpoint_url: str | None = None
     s3_path_style: bool = True
     s3_create_bucket: bool = True
     s3_presign_ttl_s: int = Field(3600, ge=60, le=7 * 24 * 3600)
@@ -59,7 +60,9 @@ class Settings(BaseSettings):
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
 
     @field_validator("public_base_url", "redis_url", "s3_bucket", "s3_endpoint_url",
-                     "s3_public_base_url", "secret_key", "catalog_path", mode="before")
+                     "s3_public_base_url", "s3_presign_endpoint_url", "secret_key", "catalog_path",
+                     "provider",
+                     mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value

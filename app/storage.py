@@ -121,9 +121,16 @@ class S3Storage:
         self.public_base_url = (settings.s3_public_base_url or "").rstrip("/") or None
         self.presign_ttl = settings.s3_presign_ttl_s
         self.create_bucket = settings.s3_create_bucket
-        self.client = boto3.session.Session().client(
-            "s3", endpoint_url=settings.s3_endpoint_url, config=config,
-            region_name=os.environ.get("AWS_DEFAULT_REGION") or "us-east-1")
+        session = boto3.session.Session()
+        region = os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+        self.client = session.client("s3", endpoint_url=settings.s3_endpoint_url, config=config,
+                                     region_name=region)
+        # Presigned URLs carry their host in the signature: sign them for the address clients
+        # use when it differs from ours (e.g. http://minio:9000 inside a compose network).
+        self.signer = self.client
+        if settings.s3_presign_endpoint_url:
+            self.signer = session.client("s3", endpoint_url=settings.s3_presign_endpoint_url,
+                                         config=config, region_name=region)
 
     async def _call(self, method: str, **kwargs: object) -> object:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -166,7 +173,7 @@ class S3Storage:
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"
         # Local signing, no network: fresh on every read.
-        return self.client.generate_presigned_url(
+        return self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=self.presign_ttl)
 

@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import socket
 from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
@@ -54,6 +55,8 @@ class WorkerSettings:
     max_tries = 3
     keep_result = 3600
     health_check_interval = 30
+    # One health key per host (container), so `gih worker --check` speaks for this worker.
+    health_check_key = f"arq:health-check:{socket.gethostname()}"
     allow_abort_jobs = False
     # SIGTERM: take no new jobs, let running ones finish for up to the grace period.
     job_completion_wait = int(settings.shutdown_grace_s)
