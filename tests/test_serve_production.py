@@ -16,29 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_cli import GIH, free_port, run_json
-
-
-def start_serve(prod_env: dict[str, str], log: Path, workers: int) -> tuple[subprocess.Popen,
-                                                                          str]:
-    port = free_port()
-    env = {**{k: v for k, v in os.environ.items()
-              if not k.startswith(("GIH_", "OPENAI_", "AWS_"))},
-           **prod_env, "GIH_PUBLIC_BASE_URL": f"http://127.0.0.1:{port}"}
-    with open(log, "wb") as out:
-        process = subprocess.Popen([GIH, "serve", "--port", str(port), "--workers", str(workers)],
-                                   env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2).close()
-            return process, base
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
-
+from tests.fakes.processes import start_serve
+from tests.test_cli import run_json
 
 SERVE_LOG: dict[str, Path] = {}
 
