@@ -31,6 +31,7 @@ class Settings(BaseSettings):
     public_base_url: str | None = None
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    queue_name: str = "arq:queue"
     storage: Literal["local", "s3"] = "local"
     local_storage_dir: Path = DATA_DIR / "images"
     s3_bucket: str | None = None

@@ -136,8 +136,10 @@ class InProcessQueue:
 class ArqQueue:
     """Production: arq jobs in Redis, completion over Redis pub/sub."""
 
-    def __init__(self, redis_url: str, *, listen: bool = True) -> None:
+    def __init__(self, redis_url: str, *, queue_name: str = "arq:queue",
+                 listen: bool = True) -> None:
         self.redis_url = redis_url
+        self.queue_name = queue_name
         self.listen = listen
         self.waiters = Waiters()
         self.pool = None
@@ -163,14 +165,16 @@ class ArqQueue:
 
         try:
             await self.pool.enqueue_job(JOB_FUNCTION, generation_id, attempt,
-                                        _job_id=job_id(generation_id, attempt))
+                                        _job_id=job_id(generation_id, attempt),
+                                        _queue_name=self.queue_name)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"Redis: {exc}") from exc
 
     async def is_pending(self, generation_id: str, attempt: int) -> bool:
         from arq.jobs import Job, JobStatus
 
-        status = await Job(job_id(generation_id, attempt), self.pool).status()
+        status = await Job(job_id(generation_id, attempt), self.pool,
+                           _queue_name=self.queue_name).status()
         return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
 
     async def notify(self, generation_id: str) -> None:
@@ -180,9 +184,7 @@ class ArqQueue:
         await self.pool.ping()
 
     async def depth(self) -> int:
-        from arq.constants import default_queue_name
-
-        return int(await self.pool.zcard(default_queue_name))
+        return int(await self.pool.zcard(self.queue_name))
 
     def watch(self, generation_id: str) -> Watch:
         return self.waiters.watch(generation_id)

@@ -28,7 +28,8 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
     engine = create_engine(settings)
     provider_budget = max(settings.job_timeout_s - 30, settings.job_timeout_s * 0.8)
     if queue is None:
-        queue = (ArqQueue(settings.redis_url) if settings.redis_url
+        queue = (ArqQueue(settings.redis_url, queue_name=settings.queue_name)
+                 if settings.redis_url
                  else InProcessQueue(settings.job_concurrency))
     return Runtime(
         settings=settings,

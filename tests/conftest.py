@@ -145,12 +145,13 @@ S3_BUCKET = "gih-test"
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """A Redis database of our own, emptied first. Redis being down fails the run."""
+    """Redis for the run (each run has a queue of its own: GIH_QUEUE_NAME). Redis being down
+    fails the run."""
     import redis
 
     client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
     try:
-        client.flushdb()
+        client.ping()
     except redis.RedisError as exc:
         pytest.fail(f"Redis is required for the test suite ({REDIS_TEST_URL}): {exc}")
     finally:
@@ -189,6 +190,7 @@ def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:  #
         "GIH_STALE_AFTER_S": "4", "GIH_SWEEP_INTERVAL_S": "1", "GIH_JOB_TIMEOUT_S": "60",
         "GIH_PUBLIC_BASE_URL": "http://testserver",
         "GIH_WORKER_METRICS_PORT": str(_free_port()),
+        "GIH_QUEUE_NAME": f"gih-test-{os.getpid()}",
     }
 
 

@@ -24,7 +24,7 @@ async def run_generation(ctx: dict[str, Any], generation_id: str, attempt: int) 
 
 async def startup(ctx: dict[str, Any]) -> None:
     settings.check()
-    queue = ArqQueue(settings.redis_url or "", listen=False)
+    queue = ArqQueue(settings.redis_url or "", queue_name=settings.queue_name, listen=False)
     queue.use_pool(ctx["redis"])
     rt = open_runtime(settings, queue=queue)
     try:
@@ -50,6 +50,7 @@ class WorkerSettings:
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(settings.redis_url or "redis://127.0.0.1:6379/0")
+    queue_name = settings.queue_name
     job_timeout = settings.job_timeout_s
     max_jobs = settings.job_concurrency
     max_tries = 3
