@@ -67,10 +67,17 @@ async def list_for_user(session: AsyncSession, user: User) -> list[ApiKey]:
     return list(result)
 
 
-async def revoke(session: AsyncSession, key_id: str) -> ApiKey:
-    key = await session.get(ApiKey, key_id, with_for_update=True)
+async def revoke(session: AsyncSession, key_id: str, *, secret: bytes) -> ApiKey:
+    """Revoke by key id (key_...), or by the raw key itself if that is what the operator has."""
+    if KEY_PATTERN.fullmatch(key_id):
+        key = await session.scalar(select(ApiKey).where(
+            ApiKey.key_hash == hash_key(key_id, secret)).with_for_update())
+        shown = key_id[:DISPLAY_PREFIX_LENGTH] + "..."
+    else:
+        key = await session.get(ApiKey, key_id, with_for_update=True)
+        shown = key_id
     if key is None:
-        raise NotFound(f"no API key with id {key_id}")
+        raise NotFound(f"no API key with id {shown}")
     if key.revoked_at is None:
         key.revoked_at = utcnow()
     await session.flush()

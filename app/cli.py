@@ -78,6 +78,8 @@ def run_db(work: Callable[[AsyncSession], Awaitable[T]], *, needs_secret: bool =
         return asyncio.run(go())
     except ApiError as exc:
         raise Failure(exc.message) from None
+    except ConfigError as exc:
+        raise Failure(str(exc), 2) from None
     except ValueError as exc:
         raise Failure(str(exc), 2) from None
     except (DBAPIError, OSError) as exc:
@@ -192,9 +194,12 @@ def keys_list(email: str, as_json: JsonOpt = False) -> None:
 
 @keys_app.command("revoke")
 def keys_revoke(key_id: str, as_json: JsonOpt = False) -> None:
-    """Revoke a key; it stops working immediately."""
+    """Revoke a key (by its id, or the raw key); it stops working immediately."""
+    cfg = settings()
+
     async def work(session: AsyncSession) -> dict[str, Any]:
-        return key_row(await api_keys.revoke(session, key_id.strip()))
+        return key_row(await api_keys.revoke(session, key_id.strip(),
+                                             secret=cfg.hashing_secret()))
 
     key = run_db(work)
     emit(key, f"revoked {key['id']} ({key['prefix']}...) at {key['revoked_at']}", as_json)

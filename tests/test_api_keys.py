@@ -34,7 +34,7 @@ async def test_issued_key_works_then_revoke_rejects_it(any_db) -> None:  # noqa:
 
     async with any_db.session() as session, session.begin():
         key_id = (await session.scalar(select(ApiKey.id).where(ApiKey.user_id == user.id)))
-        await api_keys.revoke(session, key_id)
+        await api_keys.revoke(session, key_id, secret=any_db.app.state.key_secret)
     revoked = await any_db.http.get("/api/v1/credits", headers=bearer(key))
     assert_auth_error(revoked, "invalidApiKey")
 

@@ -81,6 +81,9 @@ def test_users_keys_credits_round_trip(pg_env: dict[str, str]) -> None:
     assert revoked["status"] == "revoked" and revoked["revoked_at"]
     human = run("keys", "list", who, env=pg_env).stdout
     assert "revoked" in human and key["id"] in human
+    second = run_json("keys", "create", who, env=pg_env)
+    by_raw_key = run_json("keys", "revoke", second["key"], env=pg_env)  # the raw key works too
+    assert by_raw_key["id"] == second["id"] and by_raw_key["status"] == "revoked"
 
 
 def test_global_json_flag_and_human_output(pg_env: dict[str, str]) -> None:
