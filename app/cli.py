@@ -346,7 +346,25 @@ def worker(
         except OSError as exc:  # another worker on this host has the port: run without
             logging.getLogger("gih.worker").warning(
                 "metrics not served on port %s: %s", cfg.worker_metrics_port, exc)
-    run_worker(WorkerSettings)  # type: ignore[arg-type]
+    run_until_stopped(lambda: run_worker(WorkerSettings))  # type: ignore[arg-type]
+
+
+def run_until_stopped(run: Any, backoff_s: float = 2.0) -> None:
+    """arq's worker exits when Redis goes away; start it again (it re-reads everything), so a
+    Redis restart does not need a supervisor. A signal ends it normally and ends this too."""
+    import time
+
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    while True:
+        try:
+            run()
+            return
+        except (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError) as exc:
+            logging.getLogger("gih.worker").warning(
+                "worker lost Redis (%s); starting again in %.0f s", exc, backoff_s)
+            time.sleep(backoff_s)
 
 
 def main() -> None:

@@ -80,6 +80,12 @@ class Waiters:
         for watch in self.by_id.get(generation_id, ()):
             watch.event.set()
 
+    def wake_all(self) -> None:
+        """Announcements may have been lost: every waiter re-reads the database now."""
+        for watches in self.by_id.values():
+            for watch in watches:
+                watch.event.set()
+
 
 class InProcessQueue:
     """Embedded mode: jobs run as tasks of this process, a few at a time."""
@@ -191,10 +197,14 @@ class ArqQueue:
 
     async def _listen(self) -> None:
         """One subscription per process for every waiting request; reconnects on failure."""
+        lost = False
         while True:
             pubsub = self.pool.pubsub()
             try:
                 await pubsub.psubscribe(DONE_CHANNEL + "*")
+                if lost:  # what was announced while we were away is gone: re-check now
+                    self.waiters.wake_all()
+                    lost = False
                 async for message in pubsub.listen():
                     if message.get("type") == "pmessage":
                         channel = message["channel"]
@@ -204,6 +214,7 @@ class ArqQueue:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: waiters fall back to their DB re-check
+                lost = True
                 log.warning("completion listener lost Redis (%s); reconnecting", exc)
                 await asyncio.sleep(1)
             finally:

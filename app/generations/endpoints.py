@@ -60,7 +60,10 @@ def check_idempotency_key(value: str | None) -> str | None:
 
 def respond(body: dict[str, Any]) -> JSONResponse:
     status = body["status"]
-    if status == "failed":
+    if status == "failed":  # refunded; a dependency fault is told apart from the provider's
+        if body["error"]["code"] == "serviceUnavailable":
+            return error_response(503, "serviceUnavailable", body["error"]["message"],
+                                  generation_id=body["id"])
         return error_response(500, "generationFailed", body["error"]["message"],
                               generation_id=body["id"])
     if status == "succeeded":

@@ -56,7 +56,8 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
                                     f"the image provider failed: {exc.message}")
     except StorageError as exc:
         log.warning("generation %s: storage failed: %s", generation_id, exc)
-        final = await finish_failed(rt, generation_id, "the generated images could not be stored")
+        final = await finish_failed(rt, generation_id, "image storage is unavailable; the "
+                                    "credits were refunded", code="serviceUnavailable")
     else:
         final = await finish_succeeded(rt, generation_id, result.images, keys, result.usage)
     await announce(rt, generation_id)
