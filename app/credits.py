@@ -35,8 +35,11 @@ class Balance:
 
 
 async def lock_user(session: AsyncSession, user_id: str) -> User:
+    # FOR NO KEY UPDATE: serialises this user's movements, yet does not conflict with the
+    # KEY SHARE lock that inserting a row referencing the user (a generation) takes; FOR UPDATE
+    # would deadlock two concurrent submits of one user.
     user = await session.scalar(
-        select(User).where(User.id == user_id).with_for_update()
+        select(User).where(User.id == user_id).with_for_update(key_share=True)
         .execution_options(populate_existing=True))
     if user is None:
         raise NotFound(f"no user {user_id}")

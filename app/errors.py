@@ -124,10 +124,13 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        if is_unavailable(exc):
-            log.warning("dependency unavailable on %s %s: %r", request.method,
-                        request.url.path, exc)
-            return error_response(503, "serviceUnavailable",
-                                  "a dependency is unavailable, retry later")
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internalError", "internal server error")
+        return crash_response(request.method, request.url.path, exc)
+
+
+def crash_response(method: str, path: str, exc: BaseException) -> JSONResponse:
+    """503 when a dependency is unreachable, else 500; never the internals."""
+    if is_unavailable(exc):
+        log.warning("dependency unavailable on %s %s: %r", method, path, exc)
+        return error_response(503, "serviceUnavailable", "a dependency is unavailable, retry later")
+    log.error("unhandled error on %s %s", method, path, exc_info=exc)
+    return error_response(500, "internalError", "internal server error")

@@ -9,6 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
+from app.errors import crash_response
 from app.logs import request_id
 
 log = logging.getLogger("gih.request")
@@ -44,16 +45,25 @@ class RequestMiddleware:
         started = time.perf_counter()
         status = 500
         header = (b"x-request-id", rid.encode())
+        response_started = False
 
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, response_started
             if message["type"] == "http.response.start":
                 status = message["status"]
+                response_started = True
                 message["headers"] = [*message.get("headers", []), header]
             await send(message)
 
         try:
             await self.app(scope, receive, send_with_id)
+        except Exception as exc:
+            if response_started:
+                raise
+            # Answer here rather than let the error reach the server, which would also drop
+            # the client's keep-alive connection.
+            await crash_response(scope["method"], scope["path"], exc)(scope, receive,
+                                                                      send_with_id)
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"

@@ -185,3 +185,29 @@ async def test_audit_finds_tampering(pg) -> None:  # noqa: ANN001
         async with pg.session() as session, session.begin():
             await session.execute(update(User).where(User.id == user.id).values(credits=30))
     assert await audit(pg) == []
+
+
+async def test_concurrent_generation_and_charge_of_one_user_do_not_deadlock(pg) -> None:  # noqa: ANN001
+    """Inserting a generation takes a KEY SHARE lock on its user; the charge's lock on the user
+    must not conflict with another request's (FOR UPDATE here deadlocked concurrent submits)."""
+    user = await pg.user(80)
+
+    async def submit() -> str:
+        gen_id = "gen_" + secrets.token_hex(8)
+        try:
+            async with pg.session() as session, session.begin():
+                session.add(Generation(
+                    id=gen_id, user_id=user.id, status="queued", model="gpt-image-2",
+                    provider_model="gpt-image-2", prompt="p", size="auto", aspect_ratio="auto",
+                    quality="1K", render_quality="auto", output_format="png", n=1,
+                    credits_requested=8))
+                await session.flush()
+                await asyncio.sleep(0.01)  # both transactions now hold their KEY SHARE lock
+                await credits.charge(session, user.id, 8, generation_id=gen_id)
+            return "charged"
+        except InsufficientCredits:
+            return "402"
+
+    results = await asyncio.gather(*(submit() for _ in range(20)))
+    assert sorted(set(results)) == ["402", "charged"] and results.count("charged") == 10
+    assert await audit(pg) == []
