@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger("gih.errors")
 
@@ -129,6 +130,9 @@ def install_handlers(app: FastAPI) -> None:
 
 def crash_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """503 when a dependency is unreachable, else 500; never the internals."""
+    if isinstance(exc, ClientDisconnect):  # nobody is listening; not a server error
+        log.info("client disconnected during %s %s", method, path)
+        return error_response(400, "invalid_request", "the client disconnected mid-request")
     if is_unavailable(exc):
         log.warning("dependency unavailable on %s %s: %r", method, path, exc)
         return error_response(503, "serviceUnavailable", "a dependency is unavailable, retry later")

@@ -181,7 +181,9 @@ class ArqQueue:
 
         status = await Job(job_id(generation_id, attempt), self.pool,
                            _queue_name=self.queue_name).status()
-        return status in (JobStatus.queued, JobStatus.deferred, JobStatus.in_progress)
+        # Not in_progress: a live worker claims its generation at once, so a queued generation
+        # whose job is "in progress" past the stale deadline belongs to a dead worker.
+        return status in (JobStatus.queued, JobStatus.deferred)
 
     async def notify(self, generation_id: str) -> None:
         await self.pool.publish(DONE_CHANNEL + generation_id, "1")

@@ -2,6 +2,7 @@
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,6 +40,10 @@ class GenerationInput:
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
+# The database cannot store NUL characters or lone UTF-16 surrogates.
+UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
 def _text(fields: dict[str, Any], name: str, *, required: bool = False) -> str | None:
     value = fields.get(name)
     if value is None:
@@ -47,6 +52,9 @@ def _text(fields: dict[str, Any], name: str, *, required: bool = False) -> str |
         return None
     if not isinstance(value, str):
         raise InvalidRequest(f"{name} must be a string", param=name)
+    if UNSTORABLE.search(value):
+        raise InvalidRequest(f"{name} must not contain NUL characters or unpaired surrogates",
+                             param=name)
     return value.strip()
 
 

@@ -30,7 +30,7 @@ from app.providers.base import (
     ReferenceInput,
 )
 from app.runtime import Runtime
-from app.storage import StorageError, image_key
+from app.storage import EXTENSIONS, StorageError, image_key
 
 log = logging.getLogger("gih.jobs")
 
@@ -63,6 +63,7 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     await announce(rt, generation_id)
     if final is not None:
         log_job(rt, final, attempt, time.perf_counter() - started)
+    await discard_undelivered(rt, generation_id)
 
 
 async def call_provider(rt: Runtime, request: ImageRequest) -> ImageResult:
@@ -224,6 +225,27 @@ async def finish_failed(rt: Runtime, generation_id: str, message: str,
     return generation
 
 
+async def discard_undelivered(rt: Runtime, generation_id: str) -> None:
+    """Delete image objects a final generation does not deliver (left by an earlier attempt
+    that stored more images, or by a failed one), so the bucket holds only what is billed."""
+    try:
+        async with rt.sessionmaker() as session:
+            generation = await session.get(Generation, generation_id)
+            if generation is None or generation.status not in FINAL_STATUSES:
+                return
+            delivered = set(await session.scalars(
+                select(GenerationImage.storage_key)
+                .where(GenerationImage.generation_id == generation_id)))
+        if len(delivered) == generation.n:
+            return
+        await rt.storage.delete([
+            key for index in range(generation.n) for content_type in EXTENSIONS
+            if (key := image_key(generation_id, index, content_type, rt.secret)) not in delivered])
+    except Exception as exc:  # harmless leftovers: the generation is final and billed
+        log.warning("generation %s: could not delete undelivered images: %s",
+                    generation_id, exc)
+
+
 async def announce(rt: Runtime, generation_id: str) -> None:
     try:
         await rt.queue.notify(generation_id)
@@ -262,6 +284,7 @@ async def sweep(rt: Runtime) -> SweepReport:
                 report.failed += 1
                 await announce(rt, gen_id)
                 log_job(rt, failed, attempts, 0.0)
+                await discard_undelivered(rt, gen_id)
             continue
         if (beat or created_at) >= stale_before:
             continue
@@ -274,6 +297,7 @@ async def sweep(rt: Runtime) -> SweepReport:
                 report.failed += 1
                 await announce(rt, gen_id)
                 log_job(rt, failed, attempts, 0.0)
+                await discard_undelivered(rt, gen_id)
             continue
         if await requeue(rt, gen_id, attempts):
             report.requeued += 1

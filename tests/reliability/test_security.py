@@ -1,0 +1,449 @@
+"""Security properties, end to end: what a database dump, a log file, a revoked or foreign key, a
+guessed URL and the API documentation can give an attacker (nothing).
+
+Extends tests/test_api_keys.py (one key, --data-only dump), tests/test_http.py (OpenAPI paths
+start with /api/v1) and tests/test_embedded.py (a zeroed URL token is a 404).
+"""
+
+import ast
+import contextlib
+import hashlib
+import hmac
+import http.client
+import inspect
+import json
+import os
+import secrets
+import signal
+import subprocess
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from urllib.parse import parse_qs, urlencode, urlsplit, urlunsplit
+
+import pytest
+from sqlalchemy import func, select, update
+
+from app import api_keys
+from app.db import utcnow
+from app.ids import random_base62
+from app.models import ApiKey, CreditLedgerEntry, Generation
+from app.storage import generation_prefix
+from tests.conftest import TEST_SECRET, bearer, make_settings, running_client
+from tests.fakes.processes import start_serve
+from tests.test_cli import clean_env, run, run_json
+from tests.test_generation_requests import BASE, PNG_BYTES
+
+# Every raw key this module issues; the database dump at the end must hold none of them.
+ISSUED: list[str] = []
+PUBLIC_PATHS = {"/api/v1/models", "/api/v1/credits", "/api/v1/images/generations",
+                "/api/v1/generations/{generation_id}"}
+
+
+def cli_env(pg_url: str) -> dict[str, str]:
+    return clean_env(GIH_DATABASE_URL=pg_url, GIH_SECRET_KEY=TEST_SECRET, GIH_PROVIDER="mock")
+
+
+def cli_user_and_key(pg_url: str, credits: int = 100) -> tuple[str, dict]:
+    email = f"sec{secrets.token_hex(5)}@example.com"
+    run_json("users", "create", email, "--credits", str(credits), env=cli_env(pg_url))
+    issued = run_json("keys", "create", email, "--name", "security", env=cli_env(pg_url))
+    ISSUED.append(issued["key"])
+    return email, issued
+
+
+def fetch(url: str, key: str | None = None, data: bytes | None = None,
+          headers: dict[str, str] | None = None) -> tuple[int, dict, dict[str, str]]:
+    request = urllib.request.Request(url, data=data, headers={
+        **({"Authorization": f"Bearer {key}"} if key else {}), **(headers or {})})
+    try:
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return response.status, json.loads(response.read()), dict(response.headers)
+    except urllib.error.HTTPError as exc:
+        return exc.code, json.loads(exc.read()), dict(exc.headers)
+
+
+def assert_401(status: int, body: dict, code: str) -> None:
+    assert status == 401, body
+    assert body == {"error": {"message": body["error"]["message"], "code": code}}
+
+
+async def counts(client, user_id: str) -> tuple[int, int]:  # noqa: ANN001
+    async with client.session() as session:
+        generations = await session.scalar(select(func.count()).select_from(Generation)
+                                           .where(Generation.user_id == user_id))
+        ledger = await session.scalar(select(func.count()).select_from(CreditLedgerEntry)
+                                      .where(CreditLedgerEntry.user_id == user_id))
+    return generations, ledger
+
+
+# --- keys ------------------------------------------------------------------------------------
+
+def test_key_comparison_is_constant_time() -> None:
+    """By the source: the stored hash is an HMAC-SHA256 with the server secret, the only
+    comparison of a hash outside the SQL lookup is hmac.compare_digest, and the raw key is never
+    compared at all (timing measurements would be too flaky to prove anything)."""
+    source = textwrap.dedent(inspect.getsource(api_keys.authenticate))
+    tree = ast.parse(source)
+    in_sql = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", "") == "where":
+            in_sql.update(id(n) for n in ast.walk(node))
+    digests = [n for n in ast.walk(tree) if isinstance(n, ast.Call)
+               and ast.unparse(n.func) == "hmac.compare_digest"]
+    assert len(digests) == 1 and "key_hash" in ast.unparse(digests[0]), source
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Compare) and id(node) not in in_sql:
+            text = ast.unparse(node)
+            assert not any(isinstance(op, ast.Eq | ast.NotEq) for op in node.ops) or not any(
+                word in text for word in ("key_hash", "raw_key", "token")), text
+    hash_source = inspect.getsource(api_keys.hash_key)
+    assert "hmac.new(secret" in hash_source and "sha256" in hash_source
+    key = api_keys.generate_key()
+    assert api_keys.hash_key(key, b"s") == hmac.new(b"s", key.encode(), hashlib.sha256).hexdigest()
+
+
+async def test_hashes_from_a_dump_are_not_keys(pg) -> None:  # noqa: ANN001
+    user, key = await pg.user_with_key(10)
+    ISSUED.append(key)
+    async with pg.session() as session:
+        row = await session.scalar(select(ApiKey).where(ApiKey.user_id == user.id))
+    for token in (row.key_hash, "gih_live_" + row.key_hash[:32], row.prefix,
+                  row.prefix + key[len(row.prefix):-1] + ("A" if key[-1] != "A" else "B")):
+        response = await pg.http.get("/api/v1/credits", headers=bearer(token))
+        assert response.status_code == 401, token
+        assert response.json()["error"]["code"] == "invalidApiKey"
+    assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
+
+
+async def test_cli_revocation_is_effective_on_the_next_request(pg, pg_url: str) -> None:  # noqa: ANN001
+    _, issued = cli_user_and_key(pg_url)
+    key = issued["key"]
+    for _ in range(3):
+        assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
+    run("keys", "revoke", issued["id"], env=cli_env(pg_url))
+    response = await pg.http.get("/api/v1/credits", headers=bearer(key))
+    assert_401(response.status_code, response.json(), "invalidApiKey")
+    assert response.headers["www-authenticate"] == "Bearer"
+
+
+@pytest.mark.parametrize("how", ["revoked", "expired"])
+async def test_a_dead_key_cannot_enqueue_work(pg, how: str) -> None:  # noqa: ANN001
+    user = await pg.user(100)
+    key = await pg.key(user, expires_at=utcnow() + timedelta(days=1))
+    ISSUED.append(key)
+    async with pg.session() as session, session.begin():
+        values = ({"revoked_at": utcnow()} if how == "revoked"
+                  else {"expires_at": utcnow() - timedelta(seconds=1)})
+        await session.execute(update(ApiKey).where(ApiKey.user_id == user.id).values(**values))
+    before = await counts(pg, user.id)
+    code = "invalidApiKey" if how == "revoked" else "expiredApiKey"
+    attempts = [
+        {"json": BASE},
+        {"json": {**BASE, "async": True}},
+        {"json": BASE, "headers": {"Idempotency-Key": "dead-key"}},
+        {"data": BASE, "files": [("reference_image", ("r.png", PNG_BYTES, "image/png"))]},
+    ]
+    for attempt in attempts:
+        headers = {**bearer(key), **attempt.pop("headers", {})}
+        response = await pg.http.post("/api/v1/images/generations", headers=headers, **attempt)
+        assert_401(response.status_code, response.json(), code)
+    assert await counts(pg, user.id) == before == (0, 1)  # the grant only
+    response = await pg.http.get("/api/v1/credits", headers=bearer(key))
+    assert_401(response.status_code, response.json(), code)
+
+
+@pytest.fixture(scope="module")
+def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict]:
+    """`gih serve --workers 2` on PostgreSQL (mock provider, local storage), DEBUG logging,
+    stdout and stderr in a file."""
+    folder = tmp_path_factory.mktemp("security-serve")
+    log = folder / "serve.log"
+    env = {"GIH_DATABASE_URL": pg_url, "GIH_SECRET_KEY": TEST_SECRET, "GIH_PROVIDER": "mock",
+           "GIH_LOCAL_STORAGE_DIR": str(folder / "images"), "GIH_LOG_LEVEL": "DEBUG"}
+    process, base = start_serve(env, log, workers=2)
+    yield {"base": base, "log": log, "pid": process.pid}
+    os.killpg(process.pid, signal.SIGTERM)
+    process.wait(30)
+
+
+def connection_owners(server_pid: int, port: int) -> dict[int, int]:
+    """{client port: pid of the worker process holding the server side of that connection}."""
+    inodes = {}
+    children = Path(f"/proc/{server_pid}/task/{server_pid}/children").read_text().split()
+    for child in children:
+        for fd in os.listdir(f"/proc/{child}/fd"):
+            with contextlib.suppress(OSError):
+                link = os.readlink(f"/proc/{child}/fd/{fd}")
+                if link.startswith("socket:["):
+                    inodes[link[8:-1]] = int(child)
+    owners = {}
+    for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+        fields = line.split()
+        local, remote, state, inode = fields[1], fields[2], fields[3], fields[9]
+        if int(local.split(":")[1], 16) == port and state == "01" and inode in inodes:
+            owners[int(remote.split(":")[1], 16)] = inodes[inode]
+    return owners
+
+
+def keep_alive_connections(base: str, key: str, server_pid: int) -> list:
+    """Open keep-alive connections (one request each) until both worker processes hold some."""
+    port = urlsplit(base).port
+    connections: list[http.client.HTTPConnection] = []
+    while len(connections) < 64:
+        batch = [http.client.HTTPConnection("127.0.0.1", port, timeout=30) for _ in range(8)]
+        for connection in batch:
+            connection.request("GET", "/api/v1/credits", headers=bearer(key))
+        for connection in batch:
+            response = connection.getresponse()
+            assert response.status == 200, response.read()
+            response.read()
+        connections += batch
+        owners = connection_owners(server_pid, port)
+        workers = {owners.get(c.sock.getsockname()[1]) for c in connections}
+        if len(workers - {None}) >= 2:
+            return connections
+    raise AssertionError(f"64 connections all went to one worker: {workers}")
+
+
+def test_revocation_and_logs_on_a_two_worker_server(served: dict, pg_url: str) -> None:
+    base, log = served["base"], served["log"]
+    email, issued = cli_user_and_key(pg_url, credits=1000)
+    key = issued["key"]
+    # Valid use, on connections held open to both worker processes.
+    connections = keep_alive_connections(base, key, served["pid"])
+    status, body, _ = fetch(f"{base}/api/v1/images/generations", key,
+                            json.dumps({**BASE, "size": "1024x1024"}).encode(),
+                            {"Content-Type": "application/json"})
+    assert status == 200, body
+    # Invalid uses of the same key.
+    for header in (f"Token {key}", f"Bearer  {key} extra", f"bearer {key}x", f"Basic {key}",
+                   f"Bearer {key[:-1]}", key):
+        status, body, _ = fetch(f"{base}/api/v1/credits", headers={"Authorization": header})
+        assert status == 401, (header, body)
+    status, _, _ = fetch(f"{base}/api/v1/credits?api_key={key}")
+    assert status == 401
+    # Revocation by the CLI: the very next request on every connection, so on both processes,
+    # is refused.
+    run("keys", "revoke", issued["id"], env=cli_env(pg_url))
+    for connection in connections:
+        connection.request("GET", "/api/v1/credits", headers=bearer(key))
+        response = connection.getresponse()
+        assert_401(response.status, json.loads(response.read()), "invalidApiKey")
+        connection.close()
+    print(f"\nrevocation: refused at once on {len(connections)} kept-alive connections to both "
+          "worker processes")
+    # Nor can a revoked key make the server take a 51 MB upload: refused before the body.
+    blob = log.parent / "51mb.png"
+    with open(blob, "wb") as out:
+        out.write(PNG_BYTES)
+        out.truncate(51 * 1024 * 1024)
+    result = subprocess.run(
+        ["curl", "-s", "-w", "\n%{http_code} %{size_upload}", f"{base}/api/v1/images/generations",
+         "-H", f"Authorization: Bearer {key}", "-F", "model=gpt-image-2", "-F", "prompt=x",
+         "-F", f"reference_image=@{blob}"], capture_output=True, text=True, timeout=60)
+    body, figures = result.stdout.rsplit("\n", 1)
+    assert figures.split()[0] == "401", result.stdout
+    print(f"\nrevoked key, 51 MB upload: 401 after {int(figures.split()[1]) / 2**20:.1f} MB "
+          "were sent")
+    shown = run_json("credits", "show", email, env=cli_env(pg_url))
+    assert shown["credits"] == 1000 - 8
+    # The log: every line of it, at DEBUG, holds neither the key nor any 16 characters of it.
+    time.sleep(0.5)
+    text = log.read_text()
+    body_ = key.removeprefix("gih_live_")
+    assert key not in text and body_ not in text
+    assert not [body_[i:i + 16] for i in range(len(body_) - 15) if body_[i:i + 16] in text]
+    print(f"server log: {len(text.splitlines())} lines at DEBUG, no key material")
+
+
+# --- ownership -------------------------------------------------------------------------------
+
+async def test_another_users_generations_are_indistinguishable_from_missing_ones(pg) -> None:  # noqa: ANN001
+    _, key_a = await pg.user_with_key(1000)
+    _, key_b = await pg.user_with_key(1000)
+    ISSUED.extend([key_a, key_b])
+    post = "/api/v1/images/generations"
+    owned = [
+        (await pg.http.post(post, json=BASE, headers=bearer(key_a))).json()["id"],
+        (await pg.http.post(post, json={**BASE, "async": True, "n": 2},
+                            headers=bearer(key_a))).json()["id"],
+        (await pg.http.post(post, data=BASE, headers=bearer(key_a),
+                            files=[("reference_image", ("r.png", PNG_BYTES, "image/png"))]
+                            )).json()["id"],
+    ]
+    missing = ["gen_" + random_base62(24) for _ in owned]
+    near = [gen_id[:-1] + ("a" if gen_id[-1] != "a" else "b") for gen_id in owned]
+    assert all(len(m) == len(o) for m, o in zip(missing, owned, strict=True))
+
+    def shape(response, gen_id: str) -> tuple:  # noqa: ANN001
+        headers = sorted((k, v) for k, v in response.headers.items()
+                         if k not in ("x-request-id", "date"))
+        return response.status_code, response.text.replace(gen_id, "ID"), tuple(headers)
+
+    seen = set()
+    for gen_id in owned + missing + near:
+        response = await pg.http.get(f"/api/v1/generations/{gen_id}", headers=bearer(key_b))
+        assert response.status_code == 404
+        assert response.json()["error"]["code"] == "notFound"
+        seen.add(shape(response, gen_id))
+    assert len(seen) == 1, seen  # one answer for "someone else's" and "does not exist"
+    for gen_id in owned:  # while the owner sees them
+        response = await pg.http.get(f"/api/v1/generations/{gen_id}", headers=bearer(key_a))
+        assert response.status_code == 200
+
+
+async def test_idempotency_keys_are_per_user(pg) -> None:  # noqa: ANN001
+    user_a, key_a = await pg.user_with_key(100)
+    user_b, key_b = await pg.user_with_key(100)
+    ISSUED.extend([key_a, key_b])
+    headers = {"Idempotency-Key": "shared-key-1"}
+    first = await pg.http.post("/api/v1/images/generations", json=BASE,
+                               headers={**bearer(key_a), **headers})
+    same_body = await pg.http.post("/api/v1/images/generations", json=BASE,
+                                   headers={**bearer(key_b), **headers})
+    other_body = await pg.http.post("/api/v1/images/generations",
+                                    json={**BASE, "prompt": "different"},
+                                    headers={**bearer(key_b), "Idempotency-Key": "shared-key-2"})
+    await pg.http.post("/api/v1/images/generations", json=BASE,
+                       headers={**bearer(key_a), "Idempotency-Key": "shared-key-2"})
+    assert first.status_code == same_body.status_code == other_body.status_code == 200
+    assert first.json()["id"] != same_body.json()["id"]  # B did not get A's generation
+    assert same_body.json()["balance"]["credits"] == 92  # and paid for its own
+    assert await counts(pg, user_a.id) == (2, 3) and await counts(pg, user_b.id) == (2, 3)
+
+
+# --- image URLs ------------------------------------------------------------------------------
+
+async def test_local_image_urls_are_hmac_capabilities(pg_url: str, tmp_path: Path) -> None:
+    settings = make_settings(pg_url, local_storage_dir=tmp_path / "images")
+    async with running_client(settings) as client:
+        _, key = await client.user_with_key(100)
+        ISSUED.append(key)
+        _, other_key = await client.user_with_key(100)
+        ISSUED.append(other_key)
+        body = (await client.http.post(
+            "/api/v1/images/generations", headers=bearer(key), data={**BASE, "n": "2"},
+            files=[("reference_image", ("r.png", PNG_BYTES, "image/png"))])).json()
+        other = (await client.http.post("/api/v1/images/generations", json=BASE,
+                                        headers=bearer(other_key))).json()
+        gen_id = body["id"]
+        token = hmac.new(TEST_SECRET.encode(), gen_id.encode(), hashlib.sha256).hexdigest()[:24]
+        assert generation_prefix(gen_id, TEST_SECRET.encode()).endswith(token)
+        for index, image in enumerate(body["images"]):
+            path = urlsplit(image["url"]).path
+            assert path == f"/files/generations/{gen_id}/{token}/{index}.png"
+            response = await client.http.get(path)  # no key needed: the URL is the capability
+            assert response.status_code == 200 and response.content.startswith(b"\x89PNG")
+        other_token = urlsplit(other["images"][0]["url"]).path.split("/")[4]
+        secret_file = tmp_path / "secret.txt"
+        secret_file.write_text("do not serve")
+        guesses = [
+            f"/files/generations/{gen_id}/{'0' * 24}/0.png",
+            f"/files/generations/{gen_id}/{other_token}/0.png",  # a real token, for another id
+            f"/files/generations/{gen_id}/{token[:-1]}/0.png",
+            f"/files/generations/{gen_id}/{token}/2.png",  # n=2: there is no third
+            f"/files/generations/{gen_id}/{token}/reference-0.png",  # the client's upload
+            f"/files/generations/{gen_id}/0.png",
+            f"/files/generations/{gen_id}/",
+            "/files/generations/",
+            "/files/",
+            "/files/../secret.txt",
+            "/files/%2e%2e/secret.txt",
+            "/files/..%2fsecret.txt",
+            "/files/generations/%2e%2e/%2e%2e/secret.txt",
+            f"/files/{tmp_path}/secret.txt",
+            f"/files//{tmp_path}/secret.txt",
+        ]
+        assert list((tmp_path / "images").rglob("reference-0.png"))  # it exists, unserved
+        for guess in guesses:
+            response = await client.http.get(guess)
+            assert response.status_code == 404, (guess, response.status_code)
+            assert response.json()["error"]["code"] == "notFound"
+            assert b"do not serve" not in response.content
+
+
+async def test_s3_urls_are_presigned_expiring_and_tamper_proof(prod) -> None:  # noqa: ANN001
+    _, key = await prod.user_with_key(100)
+    ISSUED.append(key)
+    body = (await prod.http.post("/api/v1/images/generations", json={**BASE, "n": 2},
+                                 headers=bearer(key))).json()
+    assert body["status"] == "succeeded", body
+    ttl = prod.app.state.settings.s3_presign_ttl_s
+    url = body["images"][0]["url"]
+    parts = urlsplit(url)
+    query = parse_qs(parts.query)
+    assert query["X-Amz-Algorithm"] == ["AWS4-HMAC-SHA256"]
+    assert 0 < int(query["X-Amz-Expires"][0]) <= ttl
+    assert body["id"] in parts.path and "reference" not in parts.path
+
+    def get_status(target: str) -> int:
+        try:
+            with urllib.request.urlopen(target, timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def with_query(**changes: str) -> str:
+        params = {k: v[0] for k, v in query.items()} | changes
+        return urlunsplit(parts._replace(query=urlencode(params)))
+
+    assert get_status(url) == 200
+    signature = query["X-Amz-Signature"][0]
+    tampered = {
+        "signature": with_query(
+            **{"X-Amz-Signature": signature[:-1] + ("0" if signature[-1] != "0" else "1")}),
+        "longer expiry": with_query(**{"X-Amz-Expires": "604800"}),
+        "other object": urlunsplit(parts._replace(
+            path=urlsplit(body["images"][1]["url"]).path)),
+        "no signature": urlunsplit(parts._replace(query="")),
+    }
+    for name, target in tampered.items():
+        assert get_status(target) == 403, name
+    print(f"\npresigned S3 URL: X-Amz-Expires={query['X-Amz-Expires'][0]} (TTL {ttl} s); "
+          f"tampered: {', '.join(tampered)} -> 403")
+
+
+# --- documentation -----------------------------------------------------------------------------
+
+async def test_docs_list_only_the_public_api(any_db) -> None:  # noqa: ANN001
+    http = any_db.http
+    schema = (await http.get("/openapi.json")).json()
+    assert set(schema["paths"]) == PUBLIC_PATHS
+    assert "servers" not in schema  # no internal host names
+    text = json.dumps(schema)
+    for word in ("/files", "/metrics", "/readyz", "/healthz", "/admin", "/users", "/keys",
+                 "revoke", TEST_SECRET, "gih_live_" + "A" * 4):
+        assert word not in text, word
+    docs = await http.get("/docs")
+    assert docs.status_code == 200 and "/openapi.json" in docs.text
+    for hidden in ("/healthz", "/readyz", "/metrics"):  # they exist, undocumented
+        assert (await http.get(hidden)).status_code in (200, 503)
+        assert hidden not in docs.text
+
+
+async def test_database_dump_holds_no_key_material(pg, pg_url: str) -> None:  # noqa: ANN001
+    """Last: a full pg_dump (schema and data) of the test database, after every key of this
+    module was issued, used, revoked or expired, holds no key, no key body, no 16 characters of
+    one, and not the server secret."""
+    _, issued = cli_user_and_key(pg_url)  # this test's own too, when it runs alone
+    _, key = await pg.user_with_key(10)
+    ISSUED.append(key)
+    for raw in (key, issued["key"]):
+        assert (await pg.http.get("/api/v1/credits", headers=bearer(raw))).status_code == 200
+    run("keys", "revoke", issued["id"], env=cli_env(pg_url))
+    dump = subprocess.run(["pg_dump", pg_url], capture_output=True, text=True, check=True,
+                          timeout=60).stdout
+    assert "api_keys" in dump and "key_hash" in dump
+    for key in ISSUED:
+        body = key.removeprefix("gih_live_")
+        assert key not in dump and body not in dump
+        leaks = [body[i:i + 16] for i in range(len(body) - 15) if body[i:i + 16] in dump]
+        assert not leaks, (key[:13], leaks)
+    assert TEST_SECRET not in dump
+    print(f"\npg_dump: {len(dump) / 1024:.0f} KB, {len(ISSUED)} keys and all their 16-character "
+          "slices absent")
