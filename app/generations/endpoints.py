@@ -76,7 +76,9 @@ def respond(body: dict[str, Any]) -> JSONResponse:
 async def create_generation(
     request: Request,
     principal: CurrentPrincipal,
-    idempotency_key: str | None = Header(None, alias="Idempotency-Key"),
+    idempotency_key: str | None = Header(
+        None, alias="Idempotency-Key", json_schema_extra={"maxLength": 255},
+        description="per user, kept 24 h: a repeat returns the same generation"),
 ) -> JSONResponse:
     """Generate images from a prompt (JSON), or from a prompt and reference images
     (multipart/form-data, repeated `reference_image` file parts)."""

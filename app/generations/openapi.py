@@ -5,12 +5,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.schemas import ErrorResponse
+from app.schemas import ErrorResponse, NextExpiration
 
 
 class GenerationFields(BaseModel):
     model: str = Field(description="a catalog id, e.g. gpt-image-2")
-    prompt: str = Field(min_length=1, max_length=32_000)
+    prompt: str = Field(min_length=1, max_length=32_000,
+                        description="at most 32,000 characters after trimming whitespace")
     size: str | None = Field(None, description="auto or WxH valid for the model")
     aspect_ratio: str | None = Field(None, description="one of the model's ratios")
     quality: str | None = Field(None, description="auto|low|medium|high, or a tier 1K|2K|4K")
@@ -37,7 +38,7 @@ class Usage(BaseModel):
 class Balance(BaseModel):
     credits: int
     account_type: str
-    next_expiration: dict[str, Any] | None
+    next_expiration: NextExpiration | None
 
 
 class GenerationError(BaseModel):
@@ -104,4 +105,5 @@ POST_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 
 GET_RESPONSES: dict[int | str, dict[str, Any]] = {
-    k: v for k, v in ERRORS.items() if k in (400, 401, 404, 500, 503)}
+    **{k: v for k, v in ERRORS.items() if k in (400, 401, 404, 503)},
+    500: _error("internalError (a failed generation is a 200 with status failed)")}

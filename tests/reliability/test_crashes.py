@@ -188,9 +188,11 @@ def audit(prod_env: dict[str, str]) -> None:
 
 # --- 1. the worker SIGKILLed at random moments under load ---------------------------------------
 
-GENERATIONS = 50
+# RELIABILITY_SOAK=N runs N times the generations and kills: the documented soak.
+SOAK = int(os.environ.get("RELIABILITY_SOAK", "1"))
+GENERATIONS = 50 * SOAK
 USERS = 5
-KILLS = 4
+KILLS = 4 * SOAK
 FINISH_WITHIN_S = 40  # after the last kill; the sweep acts after 4 s + 1 s in these settings
 
 

@@ -43,14 +43,16 @@ from tests.test_cli import run
 PRICES = {"1K": 8, "2K": 10, "4K": 12}
 RATIOS = ("1:1", "16:9", "3:2", "4:5")
 USERS = 8
-REQUESTS = 200
+# RELIABILITY_SOAK=N runs N times the load (and N times the time bounds): the documented soak.
+SOAK = int(os.environ.get("RELIABILITY_SOAK", "1"))
+REQUESTS = 200 * SOAK
 # Idempotency-Keys: how many keys are sent once, twice, three times (12 + 20 + 18 = 50 = 25%).
 KEY_REPEATS = {1: 12, 2: 10, 3: 6}
 GRANT_SHARE = 0.45  # each user is granted this share of what its requests would cost
-START_SPREAD_S = 1.5  # requests start at random moments within this window
+START_SPREAD_S = 1.5 * SOAK  # requests start at random moments within this window
 LATE_REPLAY_S = (2.0, 4.0)  # the third copy of a key comes this late: a replay of a finished one
 POLL_INTERVAL_S = 0.5
-TOTAL_WAIT_S = 75.0  # every request answered and every generation final within this
+TOTAL_WAIT_S = 75.0 * SOAK  # every request answered and every generation final within this
 FINAL = ("succeeded", "failed")
 
 
