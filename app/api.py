@@ -6,7 +6,6 @@ from fastapi import APIRouter, Request
 
 from app import credits
 from app.api_keys import CurrentPrincipal
-from app.db import SessionDep
 from app.schemas import CreditBalance, ErrorResponse, ModelList, balance_body
 
 router = APIRouter(prefix="/api/v1")
@@ -25,7 +24,8 @@ async def list_models(request: Request) -> dict[str, Any]:
 
 
 @router.get("/credits", response_model=CreditBalance, responses=AUTH_ERRORS, tags=["credits"])
-async def get_credits(principal: CurrentPrincipal, session: SessionDep) -> dict[str, Any]:
+async def get_credits(principal: CurrentPrincipal, request: Request) -> dict[str, Any]:
     """The caller's balance, plan label and the next credits to expire."""
-    balance = await credits.balance(session, principal.user)
+    async with request.app.state.reader() as session:
+        balance = await credits.balance(session, principal.user)
     return {"object": "credit_balance", **balance_body(balance)}

@@ -127,11 +127,12 @@ def bearer_token(authorization: str | None) -> str:
 
 
 async def current_principal(request: Request) -> Principal:
-    """Authenticate in a short transaction of its own: a request that then waits minutes for
-    its generation holds no database connection meanwhile."""
-    async with request.app.state.sessionmaker() as session, session.begin():
+    """Authenticate on a connection of its own, outside a transaction (one lookup, at most one
+    update): a request that then waits minutes for its generation holds no connection."""
+    async with request.app.state.reader() as session:
         principal = await authenticate(session, request.headers.get("authorization"),
                                        secret=request.app.state.key_secret)
+        await session.commit()  # SQLite's last-used update; nothing to send under autocommit
     note(request, user_id=principal.user.id)
     return principal
 

@@ -68,8 +68,8 @@ async def grant(session: AsyncSession, user_id: str, amount: int, *,
 
 
 async def charge(session: AsyncSession, user_id: str, amount: int, *,
-                 generation_id: str | None = None, note: str | None = None) -> int:
-    """Take `amount` credits, soonest-expiring lots first; returns the new balance.
+                 generation_id: str | None = None, note: str | None = None) -> Balance:
+    """Take `amount` credits, soonest-expiring lots first; returns the balance after it.
 
     Raises InsufficientCredits (and writes nothing) when the live balance is short.
     """
@@ -77,16 +77,17 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
         raise ValueError("a charge must be a positive number of credits")
     now = utcnow()
     user = await lock_user(session, user_id)
-    await _expire_due(session, user, now)
+    lots = list(await session.scalars(  # one read both writes off the expired and charges
+        select(CreditLot)
+        .where(CreditLot.user_id == user.id, CreditLot.remaining > 0)
+        .order_by(CreditLot.expires_at.asc().nulls_last(), CreditLot.id)
+        .with_for_update()))
+    _write_off(session, user, [lot for lot in lots if _expired(lot, now)], now)
+    lots = [lot for lot in lots if not _expired(lot, now)]
     if user.credits < amount:
         raise InsufficientCredits(
             f"this request needs {amount} credits; the balance is {user.credits}",
             credits_required=amount, credits_available=user.credits)
-    lots = await session.scalars(
-        select(CreditLot)
-        .where(CreditLot.user_id == user.id, CreditLot.remaining > 0)
-        .order_by(CreditLot.expires_at.asc().nulls_last(), CreditLot.id)
-        .with_for_update())
     left = amount
     for lot in lots:
         take = min(left, lot.remaining)
@@ -100,7 +101,22 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
         raise RuntimeError(f"ledger inconsistent for user {user.id}: lots short by {left}")
     user.credits -= amount
     await session.flush()
-    return user.credits
+    return Balance(credits=user.credits, account_type=user.account_type,
+                   next_expiration=_next_expiration(lots))
+
+
+def _expired(lot: CreditLot, now: datetime) -> bool:
+    return lot.expires_at is not None and lot.expires_at <= now
+
+
+def _next_expiration(lots: list[CreditLot]) -> Expiration | None:
+    """The soonest expiry among live lots, and all credits expiring at that moment."""
+    dated = [lot for lot in lots if lot.remaining > 0 and lot.expires_at is not None]
+    if not dated:
+        return None
+    soonest = min(lot.expires_at for lot in dated)
+    return Expiration(credits=sum(lot.remaining for lot in dated if lot.expires_at == soonest),
+                      expires_at=soonest)
 
 
 async def refund(session: AsyncSession, user_id: str, generation_id: str, amount: int, *,
@@ -158,15 +174,21 @@ async def _expire_due(session: AsyncSession, user: User, now: datetime) -> int:
         .where(CreditLot.user_id == user.id, CreditLot.remaining > 0,
                CreditLot.expires_at <= now)
         .with_for_update())
+    expired = _write_off(session, user, list(lots), now)
+    if expired:
+        await session.flush()
+    return expired
+
+
+def _write_off(session: AsyncSession, user: User, lots: list[CreditLot], now: datetime) -> int:
+    """Expire what is left of these (expired, locked) lots; returns the credits written off."""
     expired = 0
     for lot in lots:
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind="expire",
                                       amount=-lot.remaining, note="expired", created_at=now))
         expired += lot.remaining
         lot.remaining = 0
-    if expired:
-        user.credits -= expired
-        await session.flush()
+    user.credits -= expired
     return expired
 
 

@@ -3,12 +3,14 @@
 Services never commit: the request dependency (or the job wrapper) commits or rolls back.
 """
 
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
 from sqlalchemy import BigInteger, DateTime, Integer, MetaData, TypeDecorator, event
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
@@ -26,6 +28,8 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+IDLE_PING_AFTER_S = 5.0  # a pooled connection idle this long is checked before use
 
 # SQLite only auto-increments INTEGER PRIMARY KEY columns.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
@@ -68,15 +72,44 @@ def create_engine(settings: Settings) -> AsyncEngine:
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _make_sqlite_transactional(engine)
         return engine
-    return create_async_engine(
+    engine = create_async_engine(
         url,
         pool_size=settings.db_pool_size,
-        max_overflow=settings.db_pool_size * 2,
+        max_overflow=settings.db_pool_size // 2,  # bounded: many processes share the server
         pool_timeout=10,
-        pool_pre_ping=True,
         pool_recycle=1800,
         connect_args={"timeout": 5, "command_timeout": 30},
     )
+    _ping_when_idle(engine)
+    return engine
+
+
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Check a pooled connection before use only if it sat idle for a while.
+
+    SQLAlchemy's pool_pre_ping costs three round trips (BEGIN, a ping, ROLLBACK) on every
+    checkout. A connection the server closed is known without asking; one in steady use needs
+    no ping (if the database goes away, the failing statement invalidates the whole pool and
+    the request is a 503); one idle for a while may have been cut silently, so it is pinged
+    and replaced if dead.
+    """
+    pool = engine.sync_engine.pool
+
+    @event.listens_for(pool, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(pool, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if dbapi_connection.driver_connection.is_closed():  # the server hung up: no round trip
+            raise DisconnectionError("pooled connection was closed by the server")
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < IDLE_PING_AFTER_S:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as exc:
+            raise DisconnectionError(f"pooled connection is dead: {exc}") from exc
 
 
 def _make_sqlite_transactional(engine: AsyncEngine) -> None:
@@ -103,6 +136,15 @@ def _make_sqlite_transactional(engine: AsyncEngine) -> None:
 
 def create_sessionmaker(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
     return async_sessionmaker(engine, expire_on_commit=False, autoflush=False)
+
+
+def create_reader(engine: AsyncEngine) -> async_sessionmaker[AsyncSession]:
+    """Sessions for reads (and single-statement writes) outside a transaction: on PostgreSQL
+    each statement commits on its own, which spares the BEGIN and COMMIT round trips. SQLite
+    keeps ordinary sessions (its BEGIN IMMEDIATE hook must see a real transaction)."""
+    if engine.dialect.name == "sqlite":
+        return create_sessionmaker(engine)
+    return create_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
 
 
 async def get_session(request: Request) -> AsyncIterator[AsyncSession]:

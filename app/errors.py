@@ -98,9 +98,18 @@ def is_unavailable(exc: BaseException) -> bool:
         return True
     if isinstance(exc, OSError | TimeoutError):
         return True
-    name = type(exc).__name__
-    return name in {"ConnectionDoesNotExistError", "CannotConnectNowError", "RedisError",
-                    "ConnectionError", "TooManyConnectionsError"}
+    cause: BaseException | None = exc
+    for _ in range(5):  # a driver error arrives wrapped by SQLAlchemy's adapter
+        if cause is None:
+            return False
+        if type(cause).__name__ in UNAVAILABLE_NAMES:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+UNAVAILABLE_NAMES = {"ConnectionDoesNotExistError", "CannotConnectNowError", "RedisError",
+                     "ConnectionError", "TooManyConnectionsError"}
 
 
 def install_handlers(app: FastAPI) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from app import metrics
 from app.errors import error_response
@@ -23,8 +24,15 @@ async def healthz() -> dict[str, str]:
 
 
 async def _database(rt: Runtime) -> None:
-    async with rt.engine.connect() as connection:
-        await connection.execute(text("SELECT 1"))
+    try:
+        async with rt.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except DBAPIError as exc:
+        if not exc.connection_invalidated:
+            raise
+        # A pooled connection had died (the pool is now renewed): ask once more, afresh.
+        async with rt.engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
 
 
 async def _check(name: str, probe: Awaitable[Any]) -> tuple[str, str]:

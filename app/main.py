@@ -60,6 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.runtime = rt
         app.state.settings = settings
         app.state.sessionmaker = rt.sessionmaker
+        app.state.reader = rt.reader
         app.state.key_secret = rt.secret
         app.state.catalog = rt.catalog
         log.info("GPT Image Hub serving in %s", describe_mode(settings))

@@ -1,12 +1,13 @@
 """What the API process and the worker share: database, storage, provider, queue, catalog."""
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.catalog import Catalog, load_catalog
 from app.config import Settings
-from app.db import create_engine, create_sessionmaker
+from app.db import create_engine, create_reader, create_sessionmaker
 from app.jobs import ArqQueue, InProcessQueue, JobQueue
 from app.providers import ImageProvider, create_provider
 from app.storage import Storage, create_storage
@@ -17,11 +18,24 @@ class Runtime:
     settings: Settings
     engine: AsyncEngine
     sessionmaker: async_sessionmaker[AsyncSession]
+    reader: async_sessionmaker[AsyncSession]  # autocommit: reads that need no transaction
     storage: Storage
-    provider: ImageProvider
+    make_provider: Callable[[], ImageProvider]
     catalog: Catalog
     queue: JobQueue
     secret: bytes
+    _provider: ImageProvider | None = None
+
+    @property
+    def provider(self) -> ImageProvider:
+        """Made on first use: an API process whose jobs run in a worker never loads the SDK."""
+        if self._provider is None:
+            self._provider = self.make_provider()
+        return self._provider
+
+    async def close_provider(self) -> None:
+        if self._provider is not None:
+            await self._provider.aclose()
 
 
 def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtime:
@@ -35,10 +49,11 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
+        reader=create_reader(engine),
         storage=create_storage(settings),
-        provider=create_provider(settings.provider_name, timeout_s=settings.provider_timeout_s,
-                                 max_retries=settings.provider_max_retries,
-                                 total_timeout_s=provider_budget),
+        make_provider=lambda: create_provider(
+            settings.provider_name, timeout_s=settings.provider_timeout_s,
+            max_retries=settings.provider_max_retries, total_timeout_s=provider_budget),
         catalog=load_catalog(settings.catalog_path),
         queue=queue,
         secret=settings.hashing_secret(),
@@ -47,5 +62,5 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
 
 async def close_runtime(runtime: Runtime, *, grace_s: float = 0) -> None:
     await runtime.queue.close(grace_s)
-    await runtime.provider.aclose()
+    await runtime.close_provider()
     await runtime.engine.dispose()

@@ -29,7 +29,8 @@ async def new_generation(client, user: User, credits_requested: int) -> str:  # 
 
 async def charge(client, user: User, amount: int, generation_id: str | None = None) -> int:  # noqa: ANN001
     async with client.session() as session, session.begin():
-        return await credits.charge(session, user.id, amount, generation_id=generation_id)
+        balance = await credits.charge(session, user.id, amount, generation_id=generation_id)
+        return balance.credits
 
 
 async def lots_of(client, user: User) -> list[tuple[int, int]]:  # noqa: ANN001

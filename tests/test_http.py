@@ -94,3 +94,20 @@ async def test_openapi_lists_only_public_paths(any_db) -> None:  # noqa: ANN001
     schema = (await any_db.http.get("/openapi.json")).json()
     assert set(schema["paths"]) >= {"/api/v1/models", "/api/v1/credits"}
     assert all(p.startswith("/api/v1/") for p in schema["paths"])
+
+
+def test_a_full_database_is_unavailable_not_a_crash() -> None:
+    """asyncpg's 'too many clients' arrives wrapped twice by SQLAlchemy: still a 503."""
+    import asyncpg
+    from sqlalchemy.exc import DBAPIError
+
+    from app.errors import crash_response, is_unavailable
+
+    driver = asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
+    adapted = RuntimeError("sorry, too many clients already")
+    adapted.__cause__ = driver
+    wrapped = DBAPIError("connect", None, adapted)
+    wrapped.__cause__ = adapted
+    assert is_unavailable(wrapped)
+    assert crash_response("GET", "/api/v1/credits", wrapped).status_code == 503
+    assert not is_unavailable(ValueError("a bug"))

@@ -33,7 +33,7 @@ async def startup(ctx: dict[str, Any]) -> None:
         log.warning("storage check failed at start: %s", exc)
     ctx["runtime"] = rt
     ctx["sweep"] = asyncio.create_task(sweep_forever(rt), name="gih-sweep")
-    log.info("gih worker ready: provider %s, %s storage", settings.provider_name,
+    log.info("gih worker ready: provider %s, %s storage", rt.provider.name,
              settings.storage)
 
 
@@ -41,7 +41,7 @@ async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["sweep"].cancel()
     await asyncio.gather(ctx["sweep"], return_exceptions=True)
     rt = ctx["runtime"]
-    await rt.provider.aclose()
+    await rt.close_provider()
     await rt.engine.dispose()
 
 

@@ -108,11 +108,16 @@ async def create_generation(
         note(request, generation_id=accepted.generation_id)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    if accepted.created and not generation.is_async:
-        await service.wait_until_final(rt, accepted.generation_id, rt.settings.sync_timeout_s)
-    row, images = await service.load(rt, accepted.generation_id, principal.user.id)
+    if accepted.created and generation.is_async:  # answered from what was just written
+        row, images, balance = accepted.generation, [], accepted.balance
+    else:
+        if accepted.created:
+            await service.wait_until_final(rt, accepted.generation_id,
+                                           rt.settings.sync_timeout_s)
+        row, images, balance = await service.load(rt, accepted.generation_id,
+                                                  principal.user.id, with_balance=True)
     body = generation_body(row, images, storage=rt.storage, base_url=rt.settings.base_url)
-    body["balance"] = balance_body(await service.balance_of(rt, principal.user.id))
+    body["balance"] = balance_body(balance)
     return respond(body)
 
 
@@ -131,5 +136,5 @@ async def get_generation(generation_id: str, request: Request,
     if len(generation_id) > 64:
         raise NotFound(f"no generation {generation_id[:64]}...")
     note(request, generation_id=generation_id)
-    row, images = await service.load(rt, generation_id, principal.user.id)
+    row, images, _ = await service.load(rt, generation_id, principal.user.id)
     return generation_body(row, images, storage=rt.storage, base_url=rt.settings.base_url)

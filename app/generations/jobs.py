@@ -63,7 +63,8 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     await announce(rt, generation_id)
     if final is not None:
         log_job(rt, final, attempt, time.perf_counter() - started)
-    await discard_undelivered(rt, generation_id)
+    if final is None or final.credits_refunded:  # some images (maybe stored) not delivered
+        await discard_undelivered(rt, generation_id)
 
 
 async def call_provider(rt: Runtime, request: ImageRequest) -> ImageResult:
@@ -108,9 +109,11 @@ async def claim(rt: Runtime, generation_id: str,
         generation.status = "running"
         generation.started_at = generation.started_at or now
         generation.heartbeat_at = now
-        references = list(await session.scalars(
-            select(ReferenceImage).where(ReferenceImage.generation_id == generation_id)
-            .order_by(ReferenceImage.index)))
+        references = []
+        if generation.reference_count:
+            references = list(await session.scalars(
+                select(ReferenceImage).where(ReferenceImage.generation_id == generation_id)
+                .order_by(ReferenceImage.index)))
     return generation, references
 
 
@@ -229,7 +232,7 @@ async def discard_undelivered(rt: Runtime, generation_id: str) -> None:
     """Delete image objects a final generation does not deliver (left by an earlier attempt
     that stored more images, or by a failed one), so the bucket holds only what is billed."""
     try:
-        async with rt.sessionmaker() as session:
+        async with rt.reader() as session:
             generation = await session.get(Generation, generation_id)
             if generation is None or generation.status not in FINAL_STATUSES:
                 return

@@ -30,6 +30,10 @@ RECHECK_S = 15.0  # a waiting request re-reads the database this often if no wak
 class Accepted:
     generation_id: str
     created: bool  # False: an Idempotency-Key replay of an earlier request
+    # A new generation as written, and the balance after its charge: enough to answer an
+    # async request without reading them back.
+    generation: Generation | None = None
+    balance: credits.Balance | None = None
 
 
 async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
@@ -43,7 +47,7 @@ async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
     rows = await store_references(rt, generation_id, references)
     try:
         async with rt.sessionmaker() as session, session.begin():
-            session.add(Generation(
+            generation = Generation(
                 id=generation_id, user_id=principal.user.id, api_key_id=principal.key_id,
                 status="queued", model=request.model.id,
                 provider_model=request.model.provider_model, prompt=request.prompt,
@@ -52,12 +56,14 @@ async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
                 output_format=request.output_format, n=request.n, is_async=request.is_async,
                 reference_count=len(rows), credits_requested=request.credits_requested,
                 idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
-                created_at=utcnow(), heartbeat_at=utcnow()))
+                created_at=utcnow(), heartbeat_at=utcnow())
+            session.add(generation)
             await session.flush()  # the idempotency key's uniqueness is checked here
             session.add_all(rows)
-            await credits.charge(session, principal.user.id, request.credits_requested,
-                                 generation_id=generation_id,
-                                 note=f"{request.n} x {request.model.id} {request.resolved.tier}")
+            balance = await credits.charge(
+                session, principal.user.id, request.credits_requested,
+                generation_id=generation_id,
+                note=f"{request.n} x {request.model.id} {request.resolved.tier}")
     except IntegrityError:
         await discard_references(rt, rows)
         if idempotency_key:  # lost the race to a concurrent request with the same key
@@ -74,12 +80,12 @@ async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
                                metrics.mode_of(request.is_async)).inc()
     metrics.credits_charged.inc(request.credits_requested)
     await enqueue_or_refund(rt, generation_id)
-    return Accepted(generation_id, created=True)
+    return Accepted(generation_id, created=True, generation=generation, balance=balance)
 
 
 async def replayed(rt: Runtime, user_id: str, idempotency_key: str,
                    fingerprint: str) -> str | None:
-    async with rt.sessionmaker() as session:
+    async with rt.reader() as session:
         row = (await session.execute(
             select(Generation.id, Generation.request_hash)
             .where(Generation.user_id == user_id,
@@ -148,26 +154,27 @@ async def wait_until_final(rt: Runtime, generation_id: str, timeout: float) -> N
 
 
 async def status_of(rt: Runtime, generation_id: str) -> str | None:
-    async with rt.sessionmaker() as session:
+    async with rt.reader() as session:
         return await session.scalar(select(Generation.status)
                                     .where(Generation.id == generation_id))
 
 
-async def load(rt: Runtime, generation_id: str,
-               user_id: str) -> tuple[Generation, list[GenerationImage]]:
-    """A generation and its images, for its owner only (anyone else gets notFound)."""
-    async with rt.sessionmaker() as session:
+async def load(rt: Runtime, generation_id: str, user_id: str, *, with_balance: bool = False
+               ) -> tuple[Generation, list[GenerationImage], credits.Balance | None]:
+    """A generation and its images, for its owner only (anyone else gets notFound), and the
+    owner's balance if asked."""
+    async with rt.reader() as session:
         generation = await session.get(Generation, generation_id)
         if generation is None or generation.user_id != user_id:
             raise NotFound(f"no generation {generation_id}")
-        images = list(await session.scalars(
-            select(GenerationImage).where(GenerationImage.generation_id == generation_id)))
-    return generation, images
-
-
-async def balance_of(rt: Runtime, user_id: str) -> credits.Balance:
-    async with rt.sessionmaker() as session:
-        user = await session.get(User, user_id)
-        if user is None:
-            raise NotFound("no such user")
-        return await credits.balance(session, user)
+        images = []
+        if generation.status == "succeeded":  # images are written with that status
+            images = list(await session.scalars(
+                select(GenerationImage).where(GenerationImage.generation_id == generation_id)))
+        balance = None
+        if with_balance:
+            user = await session.get(User, user_id)
+            if user is None:
+                raise NotFound("no such user")
+            balance = await credits.balance(session, user)
+    return generation, images, balance

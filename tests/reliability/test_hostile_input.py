@@ -624,16 +624,20 @@ def test_clients_that_stall_mid_body_and_vanish(untouched: Api) -> None:
     stalled_fds = api.open_fds()
     for sock in stalled:
         sock.close()
+    def all_gone() -> bool:  # (a keep-alive socket open before may have closed meanwhile)
+        sockets, files = api.open_fds()
+        return sockets <= fds_before[0] and files == 0
+
     deadline = time.monotonic() + 10
-    while api.open_fds() != fds_before and time.monotonic() < deadline:
+    while not all_gone() and time.monotonic() < deadline:
         time.sleep(0.2)
     fds_after = api.open_fds()
     FIGURES["stalled clients"] = (
         f"server (sockets, temp files) open: {fds_before} before, {stalled_fds} with 40 "
         f"stalled uploads, {fds_after} after they closed")
     print(f"\nstalled clients: {FIGURES['stalled clients']}")
-    assert stalled_fds[0] >= fds_before[0] + 40 and stalled_fds[1] == 20
-    assert fds_after == fds_before
+    assert stalled_fds[0] >= fds_after[0] + 40 and stalled_fds[1] == 20
+    assert fds_after[0] <= fds_before[0] and fds_after[1] == 0
     assert get(f"{api.base}/healthz")[0] == 200
 
 
