@@ -1,8 +1,9 @@
-# The two commands of the README's quickstart: `make run` and `make test`.
+# The two commands of the README's quickstart: `make run` and `make test`; and `make bench`
+# (bench/, issue 6), e.g. make bench ARGS='--peer litellm' or ARGS='--quick --scenarios A,C'.
 VENV ?= .venv
 PYTHON ?= python3
 
-.PHONY: run test lint services
+.PHONY: run test lint services bench
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,3 +22,6 @@ test: $(VENV)/.installed services
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
+
+bench: $(VENV)/.installed services
+	$(VENV)/bin/python -m bench $(ARGS)
