@@ -299,9 +299,14 @@ def serve(
         share_metrics_between_processes()
     # SIGTERM: stop accepting, let in-flight requests (sync waits included) finish for up to
     # the grace period, then stop; anything cut off is finished by the worker or the sweep.
-    uvicorn.run("app.main:create_app", factory=True, host=cfg.host, port=cfg.port,
-                workers=workers, backlog=2048, log_config=None, access_log=False,
-                timeout_graceful_shutdown=int(cfg.shutdown_grace_s), timeout_keep_alive=75)
+    options = {"host": cfg.host, "port": cfg.port, "workers": workers, "backlog": 2048,
+               "log_config": None, "access_log": False, "timeout_keep_alive": 75,
+               "timeout_graceful_shutdown": int(cfg.shutdown_grace_s)}
+    if workers > 1:  # supervise from a fresh, small process (same pid, signals and output)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.execv(sys.executable, [sys.executable, "-m", "app.serve", json.dumps(options)])
+    uvicorn.run("app.main:create_app", factory=True, **options)
 
 
 def share_metrics_between_processes() -> None:

@@ -52,7 +52,8 @@ class Settings(BaseSettings):
     stale_after_s: float = Field(45.0, ge=1)
     sweep_interval_s: float = Field(15.0, gt=0)
     generation_deadline_s: float = Field(1800.0, ge=60)
-    job_concurrency: int = Field(8, ge=1, le=1000)
+    job_concurrency: int = Field(32, ge=1, le=1000)
+    worker_poll_s: float = Field(0.05, gt=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
     log_level: str = "INFO"

@@ -1,17 +1,10 @@
-"""The contract's error envelope, for every route and every failure."""
+"""The errors of the contract, as exceptions (no web framework here: the worker uses them
+too). `app.error_handlers` turns them into responses."""
 
-import logging
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-
-log = logging.getLogger("gih.errors")
 
 
 class ApiError(Exception):
@@ -72,24 +65,6 @@ def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "code": code, **extra}}
 
 
-def error_response(status: int, code: str, message: str,
-                   headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
-
-
-HTTP_CODES = {404: "notFound", 405: "methodNotAllowed", 401: "missingApiKey"}
-
-
-def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
-    first = exc.errors()[0] if exc.errors() else {}
-    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
-    param = ".".join(loc) or None
-    message = first.get("msg", "invalid request")
-    if first.get("type") == "json_invalid":
-        return "request body is not valid JSON", None
-    return (f"{param}: {message}" if param else message), param
-
-
 def is_unavailable(exc: BaseException) -> bool:
     """A dependency we cannot reach, as opposed to a bug."""
     if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | ConnectionError):
@@ -110,40 +85,3 @@ def is_unavailable(exc: BaseException) -> bool:
 
 UNAVAILABLE_NAMES = {"ConnectionDoesNotExistError", "CannotConnectNowError", "RedisError",
                      "ConnectionError", "TooManyConnectionsError"}
-
-
-def install_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers(), **exc.extra)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
-        message, param = _describe_validation(exc)
-        extra = {"param": param} if param else {}
-        return error_response(400, "invalid_request", message, **extra)
-
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = HTTP_CODES.get(exc.status_code, "invalid_request")
-        if exc.status_code >= 500:
-            code = "internalError"
-        message = {404: "no such route", 405: "method not allowed"}.get(
-            exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, code, message, getattr(exc, "headers", None))
-
-    @app.exception_handler(Exception)
-    async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        return crash_response(request.method, request.url.path, exc)
-
-
-def crash_response(method: str, path: str, exc: BaseException) -> JSONResponse:
-    """503 when a dependency is unreachable, else 500; never the internals."""
-    if isinstance(exc, ClientDisconnect):  # nobody is listening; not a server error
-        log.info("client disconnected during %s %s", method, path)
-        return error_response(400, "invalid_request", "the client disconnected mid-request")
-    if is_unavailable(exc):
-        log.warning("dependency unavailable on %s %s: %r", method, path, exc)
-        return error_response(503, "serviceUnavailable", "a dependency is unavailable, retry later")
-    log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(500, "internalError", "internal server error")

@@ -10,7 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
 from app import metrics
-from app.errors import error_response
+from app.error_handlers import error_response
 from app.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)

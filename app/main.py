@@ -9,7 +9,7 @@ from fastapi import FastAPI
 
 from app import api, files, health, logs
 from app.config import Settings, get_settings
-from app.errors import install_handlers
+from app.error_handlers import install_handlers
 from app.generations import endpoints as generations
 from app.generations.jobs import run_generation, sweep_forever
 from app.jobs import InProcessQueue

@@ -9,7 +9,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app import metrics
-from app.errors import crash_response
+from app.error_handlers import crash_response
 from app.logs import request_id
 
 log = logging.getLogger("gih.request")

@@ -101,7 +101,8 @@ def test_a_full_database_is_unavailable_not_a_crash() -> None:
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    from app.errors import crash_response, is_unavailable
+    from app.error_handlers import crash_response
+    from app.errors import is_unavailable
 
     driver = asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
     adapted = RuntimeError("sorry, too many clients already")

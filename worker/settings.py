@@ -53,6 +53,7 @@ class WorkerSettings:
     queue_name = settings.queue_name
     job_timeout = settings.job_timeout_s
     max_jobs = settings.job_concurrency
+    poll_delay = settings.worker_poll_s
     max_tries = 3
     keep_result = 3600
     health_check_interval = 30

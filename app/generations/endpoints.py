@@ -11,7 +11,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse
 
 from app.api_keys import CurrentPrincipal
-from app.errors import InvalidRequest, NotFound, error_response
+from app.error_handlers import error_response
+from app.errors import InvalidRequest, NotFound
 from app.generations import service
 from app.generations.inputs import parse_input
 from app.generations.openapi import GET_RESPONSES, POST_RESPONSES, REQUEST_BODY, GenerationObject
