@@ -7,7 +7,6 @@ import os
 import re
 import signal
 import subprocess
-import time
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -17,6 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.conftest import REPO
+from tests.fakes.processes import wait_until_answering
 from tests.test_cli import GIH, clean_env, free_port, get, run_json
 
 
@@ -38,14 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            get(f"{base}/api/v1/models")
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, "no server"
-            time.sleep(0.2)
+    wait_until_answering(process, f"{base}/api/v1/models")
     run_json("users", "create", "you@example.com", "--credits", "1000", env=env, cwd=cwd)
     key = run_json("keys", "create", "you@example.com", env=env, cwd=cwd)["key"]
     yield Server(base=base, key=key, pid=process.pid, cwd=cwd, env=env)

@@ -74,12 +74,20 @@ def start_serve(env: dict[str, str], log: Path, workers: int = 1,
                                    env=full_env, stdout=out, stderr=subprocess.STDOUT,
                                    start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
+    wait_until_answering(process, f"{base}/healthz", log)
+    return process, base
+
+
+def wait_until_answering(process: subprocess.Popen, url: str, log: Path | None = None,
+                         timeout: float = 30) -> None:
+    """Wait until `url` answers; fail with the log's tail if the process dies or takes long."""
+    deadline = time.monotonic() + timeout
     while True:
         try:
-            urllib.request.urlopen(f"{base}/healthz", timeout=2).close()
-            return process, base
+            urllib.request.urlopen(url, timeout=2).close()
+            return
         except OSError:
             if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gih serve did not start:\n" + log.read_text()[-3000:]) from None
+                tail = log.read_text()[-3000:] if log else ""
+                raise RuntimeError(f"{url} did not answer:\n{tail}") from None
             time.sleep(0.2)

@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from app.models import Generation
 from tests.conftest import bearer
+from tests.fakes.processes import wait_until_answering
 from tests.test_cli import GIH, clean_env, free_port, get, run_json
 from tests.test_embedded import peak_rss_mb, reset_peak
 from tests.test_generation_requests import (
@@ -99,14 +100,7 @@ def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
         process = subprocess.Popen([GIH, "serve", "--port", str(port)], cwd=cwd, env=env,
                                    stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            get(f"{base}/api/v1/models")
-            break
-        except OSError:
-            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+    wait_until_answering(process, f"{base}/api/v1/models", log)
     user = run_json("users", "create", "hostile@example.com", "--credits", str(CREDITS),
                     env=env, cwd=cwd)
     key = run_json("keys", "create", "hostile@example.com", env=env, cwd=cwd)["key"]
