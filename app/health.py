@@ -24,15 +24,15 @@ async def healthz() -> dict[str, str]:
 
 
 async def _database(rt: Runtime) -> None:
-    try:
-        async with rt.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
-    except DBAPIError as exc:
-        if not exc.connection_invalidated:
-            raise
-        # A pooled connection had died (the pool is now renewed): ask once more, afresh.
-        async with rt.engine.connect() as connection:
-            await connection.execute(text("SELECT 1"))
+    for last in (False, True):
+        try:
+            async with rt.engine.connect() as connection:
+                await connection.execute(text("SELECT 1"))
+            return
+        except DBAPIError as exc:
+            # A pooled connection had died (the pool is now renewed): ask once more, afresh.
+            if last or not exc.connection_invalidated:
+                raise
 
 
 async def _check(name: str, probe: Awaitable[Any]) -> tuple[str, str]:
