@@ -145,13 +145,27 @@ def sqlite_path(url: str) -> Path | None:
     return None
 
 
+def private_dir(folder: Path) -> None:
+    """Create `folder` (and its parents) readable by its owner only."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+
+def secure_sqlite_file(path: Path) -> None:
+    """The database holds emails, prompts and key hashes: a new one is created 0600 in a 0700
+    folder (SQLite gives its -wal and -shm files the database file's mode)."""
+    if not path.parent.exists():
+        private_dir(path.parent)
+    if not path.exists():
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+
+
 def embedded_secret(database_url: str) -> str:
     """Create once, then reuse, a random secret stored next to the SQLite database."""
     db_path = sqlite_path(database_url)
     folder = db_path.parent if db_path else DATA_DIR
     path = folder / SECRET_FILE
     if not path.exists():
-        folder.mkdir(parents=True, exist_ok=True)
+        private_dir(folder)
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w") as f:

@@ -1,10 +1,14 @@
-"""Engine, sessions and the declarative base.
+"""Engine, sessions, the declarative base, and the one way to run a transaction.
 
-Writers open `sessionmaker()` with `session.begin()`: one transaction, committed or rolled
-back as a whole; reads use `reader()`.
+`transaction()` opens a session in a transaction and commits it when the block ends (rolls it
+back if it raises). Services never commit: the request dependency (`app.deps.SessionDep`) or the
+job wrapper does, through `transaction()`. Reads that need no transaction use a reader session
+(`create_reader`).
 """
 
+import contextlib
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,7 +22,7 @@ from sqlalchemy.ext.asyncio import (
 )
 from sqlalchemy.orm import DeclarativeBase
 
-from app.config import Settings, sqlite_path
+from app.config import Settings, secure_sqlite_file, sqlite_path
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -62,12 +66,21 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+@contextlib.asynccontextmanager
+async def transaction(sessionmaker: async_sessionmaker[AsyncSession]
+                      ) -> AsyncIterator[AsyncSession]:
+    """One transaction: committed when the block ends, rolled back if it raises. The
+    connection is taken at the first statement, not before."""
+    async with sessionmaker() as session, session.begin():
+        yield session
+
+
 def create_engine(settings: Settings) -> AsyncEngine:
     url = settings.async_database_url
     if settings.is_sqlite:
         path = sqlite_path(settings.database_url)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            secure_sqlite_file(path)
         engine = create_async_engine(url, connect_args={"timeout": 30})
         _make_sqlite_transactional(engine)
         return engine

@@ -1,15 +1,37 @@
-"""The errors of the contract, as exceptions (no web framework here: the worker uses them
-too). `app.error_handlers` turns them into responses."""
+"""The errors of the contract (section 1), as exceptions with their HTTP status and code.
 
+No web framework here: the worker and the CLI raise them too. `app.ops.error_handlers` turns
+them into the error envelope.
+"""
+
+from enum import StrEnum
 from typing import Any
 
+import asyncpg
+from redis.exceptions import RedisError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 
 
+class ErrorCode(StrEnum):
+    INVALID_REQUEST = "invalid_request"
+    MISSING_API_KEY = "missingApiKey"
+    INVALID_API_KEY = "invalidApiKey"
+    EXPIRED_API_KEY = "expiredApiKey"
+    INSUFFICIENT_CREDITS = "insufficientCredits"
+    NOT_FOUND = "notFound"
+    METHOD_NOT_ALLOWED = "methodNotAllowed"
+    IDEMPOTENCY_CONFLICT = "idempotencyConflict"
+    GENERATION_FAILED = "generationFailed"
+    INTERNAL_ERROR = "internalError"
+    SERVICE_UNAVAILABLE = "serviceUnavailable"
+    # Operator-facing (the CLI), never an HTTP answer of the API.
+    DUPLICATE_EMAIL = "duplicateEmail"
+
+
 class ApiError(Exception):
     status = 400
-    code = "invalid_request"
+    code = ErrorCode.INVALID_REQUEST
 
     def __init__(self, message: str, **extra: Any) -> None:
         super().__init__(message)
@@ -28,7 +50,7 @@ class InvalidRequest(ApiError):
 class AuthError(ApiError):
     status = 401
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: ErrorCode, message: str) -> None:
         super().__init__(message)
         self.code = code
 
@@ -38,50 +60,60 @@ class AuthError(ApiError):
 
 class InsufficientCredits(ApiError):
     status = 402
-    code = "insufficientCredits"
+    code = ErrorCode.INSUFFICIENT_CREDITS
 
 
 class NotFound(ApiError):
     status = 404
-    code = "notFound"
+    code = ErrorCode.NOT_FOUND
+
+
+class MethodNotAllowed(ApiError):
+    status = 405
+    code = ErrorCode.METHOD_NOT_ALLOWED
 
 
 class IdempotencyConflict(ApiError):
     status = 409
-    code = "idempotencyConflict"
+    code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class DuplicateEmail(ApiError):
+    status = 409
+    code = ErrorCode.DUPLICATE_EMAIL
 
 
 class GenerationFailed(ApiError):
+    """The provider failed; the credits were refunded. Carries `generation_id`."""
+
     status = 500
-    code = "generationFailed"
+    code = ErrorCode.GENERATION_FAILED
 
 
 class ServiceUnavailable(ApiError):
     status = 503
-    code = "serviceUnavailable"
+    code = ErrorCode.SERVICE_UNAVAILABLE
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:
     return {"error": {"message": message, "code": code, **extra}}
 
 
+# A dependency we cannot reach, as opposed to a bug. asyncpg's errors arrive wrapped by
+# SQLAlchemy's adapter (as the __cause__ of a DBAPIError, or on their own from pool code).
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeoutError, ConnectionError, OSError,
+               TimeoutError, RedisError, asyncpg.PostgresConnectionError,
+               asyncpg.TooManyConnectionsError, asyncpg.CannotConnectNowError)
+
+
 def is_unavailable(exc: BaseException) -> bool:
-    """A dependency we cannot reach, as opposed to a bug."""
-    if isinstance(exc, OperationalError | InterfaceError | PoolTimeoutError | ConnectionError):
-        return True
-    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
-        return True
-    if isinstance(exc, OSError | TimeoutError):
-        return True
     cause: BaseException | None = exc
-    for _ in range(5):  # a driver error arrives wrapped by SQLAlchemy's adapter
+    for _ in range(5):
         if cause is None:
             return False
-        if type(cause).__name__ in UNAVAILABLE_NAMES:
+        if isinstance(cause, UNAVAILABLE):
+            return True
+        if isinstance(cause, DBAPIError) and cause.connection_invalidated:
             return True
         cause = cause.__cause__
     return False
-
-
-UNAVAILABLE_NAMES = {"ConnectionDoesNotExistError", "CannotConnectNowError", "RedisError",
-                     "ConnectionError", "TooManyConnectionsError"}

@@ -4,17 +4,22 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from functools import partial
+from typing import Any
 
 from fastapi import FastAPI
 
-from app import api, files, health, logs
+from app.catalog import endpoints as catalog
 from app.config import Settings, get_settings
-from app.error_handlers import install_handlers
+from app.credits import endpoints as credits
 from app.generations import endpoints as generations
 from app.generations.jobs import run_generation, sweep_forever
-from app.jobs import InProcessQueue
-from app.middleware import RequestMiddleware
+from app.openapi import contract_openapi
+from app.ops import health, logs
+from app.ops.error_handlers import install_handlers
+from app.ops.middleware import RequestMiddleware
 from app.runtime import close_runtime, open_runtime
+from app.storage import endpoints as files
 
 log = logging.getLogger("gih")
 
@@ -27,28 +32,6 @@ def describe_mode(settings: Settings) -> str:
             f"provider {settings.provider_name}")
 
 
-def contract_openapi(app: FastAPI) -> dict:
-    """FastAPI's schema, minus the 422 answers it documents but this API never gives (a
-    validation error is a 400 in the error envelope)."""
-    if app.openapi_schema is None:
-        from fastapi.openapi.utils import get_openapi
-
-        schema = get_openapi(title=app.title, version=app.version,
-                             description=app.description, routes=app.routes)
-        schema.setdefault("components", {})["securitySchemes"] = {
-            "bearerAuth": {"type": "http", "scheme": "bearer",
-                           "description": "an API key: gih_live_ + 32 characters"}}
-        for path, operations in schema["paths"].items():
-            for operation in operations.values():
-                operation.get("responses", {}).pop("422", None)
-                if path != "/api/v1/models":
-                    operation["security"] = [{"bearerAuth": []}]
-        for name in ("HTTPValidationError", "ValidationError"):
-            schema.get("components", {}).get("schemas", {}).pop(name, None)
-        app.openapi_schema = schema
-    return app.openapi_schema
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     logs.configure(settings.log_level, settings.log_format)
@@ -58,11 +41,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.check()
         rt = open_runtime(settings)
         app.state.runtime = rt
-        app.state.settings = settings
-        app.state.sessionmaker = rt.sessionmaker
-        app.state.reader = rt.reader
-        app.state.key_secret = rt.secret
-        app.state.catalog = rt.catalog
         log.info("GPT Image Hub serving in %s", describe_mode(settings))
         if settings.provider_name == "mock":
             log.warning("*** MOCK PROVIDER: images are placeholders, no real generation. "
@@ -71,11 +49,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await rt.storage.check()  # creates the bucket when allowed
         except Exception as exc:
             log.warning("storage is not ready: %s", exc)
-        background = []
-        await rt.queue.start()
-        if isinstance(rt.queue, InProcessQueue):
-            # Embedded: this process is also the worker, and sweeps what a crash left behind.
-            rt.queue.runner = lambda gen_id, attempt: run_generation(rt, gen_id, attempt)
+        await rt.queue.start(partial(run_generation, rt))
+        background: list[asyncio.Task[Any]] = []
+        if rt.queue.runs_jobs:  # embedded: this process is also the worker, and sweeps
             background.append(asyncio.create_task(sweep_forever(rt), name="gih-sweep"))
         try:
             yield
@@ -83,19 +59,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             for task in background:
                 task.cancel()
             await asyncio.gather(*background, return_exceptions=True)
-            await close_runtime(rt, grace_s=settings.shutdown_grace_s)
+            await close_runtime(rt)
 
     app = FastAPI(
         title="GPT Image Hub",
         version="0.1.0",
         description="Credit-metered image generation API (OpenAI GPT Image models).",
         lifespan=lifespan,
+        redirect_slashes=False,  # never a redirect built from the client's Host header
     )
     install_handlers(app)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestMiddleware)
-    app.include_router(api.router)
-    app.include_router(generations.router)
-    app.include_router(files.router)
-    app.include_router(health.router)
+    for router in (catalog.router, credits.router, generations.router, files.router,
+                   health.router):
+        app.include_router(router)
     return app

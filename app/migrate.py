@@ -7,7 +7,7 @@ from alembic import command
 from alembic.config import Config
 
 import migrations
-from app.config import sqlite_path
+from app.config import secure_sqlite_file, sqlite_path
 
 
 def alembic_config(database_url: str) -> Config:
@@ -24,7 +24,7 @@ def upgrade(database_url: str, revision: str = "head") -> None:
     if path is None:
         command.upgrade(alembic_config(database_url), revision)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
+    secure_sqlite_file(path)
     with open(path.with_name(path.name + ".migrate.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         command.upgrade(alembic_config(database_url), revision)

@@ -1,12 +1,17 @@
-"""ORM tables. Credits are integers and move only through app.credits (the ledger)."""
+"""The ORM tables (the schema the migrations build), and the StrEnums of their state columns.
+
+Credits are integers and move only through `app.credits.service` (the ledger).
+"""
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
+    Enum,
     ForeignKey,
     Index,
     Integer,
@@ -19,8 +24,34 @@ from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, BigId, UTCDateTime, utcnow
 
-LEDGER_KINDS = ("grant", "charge", "refund", "expire", "adjust")
-GENERATION_STATUSES = ("queued", "running", "succeeded", "failed")
+
+class GenerationStatus(StrEnum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+
+    @property
+    def is_final(self) -> bool:
+        return self in FINAL_STATUSES
+
+
+FINAL_STATUSES = frozenset({GenerationStatus.SUCCEEDED, GenerationStatus.FAILED})
+UNFINISHED_STATUSES = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+
+
+class LedgerKind(StrEnum):
+    GRANT = "grant"
+    CHARGE = "charge"
+    REFUND = "refund"
+    EXPIRE = "expire"
+
+
+def _stored_as_text(enum: type[StrEnum], length: int) -> Enum:
+    """A StrEnum column stored as its value in a VARCHAR (no database enum type)."""
+    return Enum(enum, native_enum=False, create_constraint=False, length=length,
+                values_callable=lambda members: [m.value for m in members])
+
 
 
 class User(Base):
@@ -78,7 +109,8 @@ class Generation(Base):
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
     api_key_id: Mapped[str | None] = mapped_column(ForeignKey("api_keys.id", ondelete="SET NULL"))
-    status: Mapped[str] = mapped_column(String(16), default="queued")
+    status: Mapped[GenerationStatus] = mapped_column(_stored_as_text(GenerationStatus, 16),
+                                                     default=GenerationStatus.QUEUED)
     model: Mapped[str] = mapped_column(String(64))
     provider_model: Mapped[str] = mapped_column(String(64))
     prompt: Mapped[str] = mapped_column(Text)
@@ -126,12 +158,13 @@ class CreditLedgerEntry(Base):
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     lot_id: Mapped[int | None] = mapped_column(ForeignKey("credit_lots.id"), index=True)
     generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"))
-    kind: Mapped[str] = mapped_column(String(16))
+    kind: Mapped[LedgerKind] = mapped_column(_stored_as_text(LedgerKind, 16))
     amount: Mapped[int] = mapped_column(Integer)
     note: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
     __table_args__ = (
+        # 'adjust' is allowed by the first migration but never written.
         CheckConstraint(
             "kind IN ('grant', 'charge', 'refund', 'expire', 'adjust')", name="kind_known"),
         CheckConstraint(

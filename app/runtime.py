@@ -1,16 +1,18 @@
 """What the API process and the worker share: database, storage, provider, queue, catalog."""
 
 from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
-from app.catalog import Catalog, load_catalog
+from app.catalog.catalog import Catalog, load_catalog
 from app.config import Settings
-from app.db import create_engine, create_reader, create_sessionmaker
-from app.jobs import ArqQueue, InProcessQueue, JobQueue
+from app.db import create_engine, create_reader, create_sessionmaker, transaction
 from app.providers import ImageProvider, create_provider
-from app.storage import Storage, create_storage
+from app.queue import ArqQueue, InProcessQueue, JobQueue
+from app.storage import create_storage
+from app.storage.base import Storage
 
 
 @dataclass
@@ -25,6 +27,10 @@ class Runtime:
     queue: JobQueue
     secret: bytes
     _provider: ImageProvider | None = None
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session in one transaction, committed when the block ends (`app.db.transaction`)."""
+        return transaction(self.sessionmaker)
 
     @property
     def provider(self) -> ImageProvider:
@@ -44,7 +50,7 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
     if queue is None:
         queue = (ArqQueue(settings.redis_url, queue_name=settings.queue_name)
                  if settings.redis_url
-                 else InProcessQueue(settings.job_concurrency))
+                 else InProcessQueue(settings.job_concurrency, grace_s=settings.shutdown_grace_s))
     return Runtime(
         settings=settings,
         engine=engine,
@@ -60,7 +66,7 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
     )
 
 
-async def close_runtime(runtime: Runtime, *, grace_s: float = 0) -> None:
-    await runtime.queue.close(grace_s)
+async def close_runtime(runtime: Runtime) -> None:
+    await runtime.queue.close()
     await runtime.close_provider()
     await runtime.engine.dispose()

@@ -1,9 +1,9 @@
-"""Response shapes (Pydantic), separate from the ORM tables."""
+"""Shapes every domain's schemas share: the error envelope and the contract's timestamps."""
 
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Annotated
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict, PlainSerializer, WithJsonSchema
 
 
 def iso(value: datetime | None) -> str | None:
@@ -14,54 +14,26 @@ def iso(value: datetime | None) -> str | None:
     return value.strftime("%Y-%m-%dT%H:%M:%S.") + f"{value.microsecond // 1000:03d}Z"
 
 
+# A datetime in a response: always written as 2026-04-30T08:00:00.000Z.
+Timestamp = Annotated[
+    datetime,
+    PlainSerializer(iso, return_type=str),
+    WithJsonSchema({"type": "string", "format": "date-time",
+                    "example": "2026-04-30T08:00:00.000Z"}),
+]
+
+
+class Schema(BaseModel):
+    """Base of response models: built from our own values, so attributes are read as given."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+
 class ErrorDetail(BaseModel):
     message: str
     code: str
-    model_config = {"extra": "allow"}
+    model_config = ConfigDict(extra="allow")
 
 
 class ErrorResponse(BaseModel):
     error: ErrorDetail
-
-
-class ModelInfo(BaseModel):
-    id: str
-    object: Literal["model"] = "model"
-    name: str
-    provider: str
-    provider_model: str
-    aspect_ratios: list[str]
-    qualities: list[str]
-    render_qualities: list[str]
-    default_aspect_ratio: str
-    default_quality: str
-    reference_image_limit: int
-    max_images_per_request: int
-    credits_per_image: dict[str, int]
-
-
-class ModelList(BaseModel):
-    object: Literal["list"] = "list"
-    data: list[ModelInfo]
-
-
-class NextExpiration(BaseModel):
-    credits: int
-    expires_at: str
-
-
-class CreditBalance(BaseModel):
-    object: Literal["credit_balance"] = "credit_balance"
-    credits: int
-    account_type: str
-    next_expiration: NextExpiration | None
-
-
-def balance_body(balance: Any) -> dict[str, Any]:
-    upcoming = balance.next_expiration
-    return {
-        "credits": balance.credits,
-        "account_type": balance.account_type,
-        "next_expiration": None if upcoming is None else {
-            "credits": upcoming.credits, "expires_at": iso(upcoming.expires_at)},
-    }

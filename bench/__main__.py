@@ -44,7 +44,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def loop_factory():  # noqa: ANN201
+def loop_factory():
     try:
         import uvloop
     except ImportError:

@@ -83,7 +83,7 @@ def get(target: Target, path: str, key: str | None = None) -> Request:
     return load.build("GET", target.hostport, path, auth(key) if key else {})
 
 
-def cycle(requests: list[Request]):  # noqa: ANN201 - the `make` of load.run
+def cycle(requests: list[Request]):
     return lambda i: requests[i % len(requests)]
 
 

@@ -202,7 +202,7 @@ class Stack:
                                f"{result.stdout}{result.stderr}")
         return result
 
-    def on_close(self, callback) -> None:  # noqa: ANN001
+    def on_close(self, callback) -> None:
         """Run `callback` at teardown (before the stack's own processes stop)."""
         self._cleanup.callback(callback)
 
@@ -221,7 +221,7 @@ class Stack:
 
     # --- accounts and the database -----------------------------------------------------------
 
-    async def _session(self, work):  # noqa: ANN001, ANN202 - work(session, settings)
+    async def _session(self, work):
         from app.config import Settings
         from app.db import create_engine, create_sessionmaker
 
@@ -236,10 +236,11 @@ class Stack:
     async def accounts(self, count: int, credits: int = CREDITS_PER_USER,
                        prefix: str = "bench") -> list[Account]:
         """`count` PRO users, each with `credits` and one API key."""
-        from app import api_keys, users
-        from app import credits as ledger
+        from app.accounts import service as users
+        from app.credits import service as ledger
+        from app.keys import service as api_keys
 
-        async def work(session, settings) -> list[Account]:  # noqa: ANN001
+        async def work(session, settings) -> list[Account]:
             made = []
             for i in range(count):
                 email = f"{prefix}{i}-{secrets.token_hex(3)}@bench.invalid"
@@ -253,9 +254,9 @@ class Stack:
         return await self._session(work)
 
     async def grant(self, account: Account, amount: int) -> None:
-        from app import credits as ledger
+        from app.credits import service as ledger
 
-        async def work(session, settings) -> None:  # noqa: ANN001
+        async def work(session, settings) -> None:
             await ledger.grant(session, account.user_id, amount, note="bench top-up")
 
         await self._session(work)

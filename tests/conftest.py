@@ -19,8 +19,10 @@ import httpx2
 import pytest
 from fastapi import FastAPI
 
-from app import api_keys, credits, users
+from app.accounts import service as users
 from app.config import Settings
+from app.credits import service as credits
+from app.keys import service as api_keys
 from app.main import create_app
 from app.migrate import upgrade
 from app.models import User
@@ -85,7 +87,7 @@ class Client:
 
     async def user(self, credits_: int = 0, *, expires_at: datetime | None = None,
                    account_type: str = "PRO") -> User:
-        async with self.app.state.sessionmaker() as session, session.begin():
+        async with self.app.state.runtime.sessionmaker() as session, session.begin():
             user = await users.create(session, f"u{secrets.token_hex(6)}@example.com",
                                       account_type=account_type)
             if credits_:
@@ -93,8 +95,8 @@ class Client:
         return user
 
     async def key(self, user: User, *, expires_at: datetime | None = None) -> str:
-        async with self.app.state.sessionmaker() as session, session.begin():
-            issued = await api_keys.issue(session, user, secret=self.app.state.key_secret,
+        async with self.app.state.runtime.sessionmaker() as session, session.begin():
+            issued = await api_keys.issue(session, user, secret=self.app.state.runtime.secret,
                                           expires_at=expires_at)
         return issued.raw_key
 
@@ -102,8 +104,8 @@ class Client:
         user = await self.user(credits_, **kw)  # type: ignore[arg-type]
         return user, await self.key(user)
 
-    def session(self):  # noqa: ANN201
-        return self.app.state.sessionmaker()
+    def session(self):
+        return self.app.state.runtime.sessionmaker()
 
 
 @contextlib.asynccontextmanager
@@ -178,7 +180,7 @@ def s3() -> Iterator["SeaweedS3"]:
 
 
 @pytest.fixture(scope="session")
-def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:  # noqa: ANN001
+def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:
     """The production configuration, as environment variables (for `gih worker`)."""
     return {
         "GIH_DATABASE_URL": pg_url, "GIH_REDIS_URL": redis_url, "GIH_SECRET_KEY": TEST_SECRET,
@@ -256,7 +258,7 @@ def worker(prod_env: dict[str, str],
 
 
 @pytest.fixture
-def prod_sdk_env(prod_env: dict[str, str], openai_fake) -> Iterator[None]:  # noqa: ANN001
+def prod_sdk_env(prod_env: dict[str, str], openai_fake) -> Iterator[None]:
     """The variables the OpenAI and AWS SDKs read themselves, for an in-process API."""
     names = [k for k in prod_env if k.startswith(("OPENAI_", "AWS_"))]
     saved = {k: os.environ.get(k) for k in names}

@@ -7,13 +7,13 @@ from datetime import timedelta
 
 from sqlalchemy import select, update
 
-from app import api_keys
 from app.db import utcnow
+from app.keys import service as api_keys
 from app.models import ApiKey
 from tests.conftest import bearer
 
 
-def assert_auth_error(response, code: str) -> None:  # noqa: ANN001
+def assert_auth_error(response, code: str) -> None:
     assert response.status_code == 401, response.text
     assert response.json() == {"error": {"message": response.json()["error"]["message"],
                                          "code": code}}
@@ -26,7 +26,7 @@ async def test_key_format_is_gih_live_and_32_base62() -> None:
     assert all(re.fullmatch(r"gih_live_[A-Za-z0-9]{32}", k) for k in keys)
 
 
-async def test_issued_key_works_then_revoke_rejects_it(any_db) -> None:  # noqa: ANN001
+async def test_issued_key_works_then_revoke_rejects_it(any_db) -> None:
     user, key = await any_db.user_with_key(10)
     ok = await any_db.http.get("/api/v1/credits", headers=bearer(key))
     assert ok.status_code == 200
@@ -34,12 +34,12 @@ async def test_issued_key_works_then_revoke_rejects_it(any_db) -> None:  # noqa:
 
     async with any_db.session() as session, session.begin():
         key_id = (await session.scalar(select(ApiKey.id).where(ApiKey.user_id == user.id)))
-        await api_keys.revoke(session, key_id, secret=any_db.app.state.key_secret)
+        await api_keys.revoke(session, key_id, secret=any_db.app.state.runtime.secret)
     revoked = await any_db.http.get("/api/v1/credits", headers=bearer(key))
     assert_auth_error(revoked, "invalidApiKey")
 
 
-async def test_expired_key_is_expired_api_key(pg) -> None:  # noqa: ANN001
+async def test_expired_key_is_expired_api_key(pg) -> None:
     user = await pg.user(10)
     key = await pg.key(user, expires_at=utcnow() + timedelta(days=1))
     assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
@@ -49,7 +49,7 @@ async def test_expired_key_is_expired_api_key(pg) -> None:  # noqa: ANN001
     assert_auth_error(await pg.http.get("/api/v1/credits", headers=bearer(key)), "expiredApiKey")
 
 
-async def test_missing_and_malformed_headers(any_db) -> None:  # noqa: ANN001
+async def test_missing_and_malformed_headers(any_db) -> None:
     http = any_db.http
     assert_auth_error(await http.get("/api/v1/credits"), "missingApiKey")
     assert_auth_error(await http.get("/api/v1/credits", headers={"Authorization": ""}),
@@ -68,14 +68,14 @@ async def test_missing_and_malformed_headers(any_db) -> None:  # noqa: ANN001
                       "invalidApiKey")
 
 
-async def test_key_of_one_user_sees_only_its_balance(pg) -> None:  # noqa: ANN001
+async def test_key_of_one_user_sees_only_its_balance(pg) -> None:
     _, key_a = await pg.user_with_key(8)
     _, key_b = await pg.user_with_key(30)
     assert (await pg.http.get("/api/v1/credits", headers=bearer(key_a))).json()["credits"] == 8
     assert (await pg.http.get("/api/v1/credits", headers=bearer(key_b))).json()["credits"] == 30
 
 
-async def test_database_holds_no_raw_key(pg, pg_url) -> None:  # noqa: ANN001
+async def test_database_holds_no_raw_key(pg, pg_url) -> None:
     user, key = await pg.user_with_key(5)
     assert (await pg.http.get("/api/v1/credits", headers=bearer(key))).status_code == 200
     async with pg.session() as session:
@@ -83,7 +83,7 @@ async def test_database_holds_no_raw_key(pg, pg_url) -> None:  # noqa: ANN001
     columns = {c.name: getattr(row, c.key) for c in ApiKey.__table__.columns}
     body = key.removeprefix("gih_live_")
     assert all(body not in str(v) for v in columns.values())
-    assert row.key_hash == api_keys.hash_key(key, pg.app.state.key_secret)
+    assert row.key_hash == api_keys.hash_key(key, pg.app.state.runtime.secret)
     assert key.startswith(row.prefix) and len(row.prefix) <= 13
     # The whole database, as a dump would show it.
     dump = subprocess.run([shutil.which("pg_dump") or "pg_dump", "--data-only", pg_url],
@@ -92,10 +92,10 @@ async def test_database_holds_no_raw_key(pg, pg_url) -> None:  # noqa: ANN001
     assert body not in dump and body[:16] not in dump
 
 
-async def test_last_used_at_written_at_most_once_a_minute(pg) -> None:  # noqa: ANN001
+async def test_last_used_at_written_at_most_once_a_minute(pg) -> None:
     user, key = await pg.user_with_key(5)
 
-    async def last_used():  # noqa: ANN202
+    async def last_used():
         async with pg.session() as session:
             return await session.scalar(select(ApiKey.last_used_at)
                                         .where(ApiKey.user_id == user.id))

@@ -1,16 +1,14 @@
 """Tests for app.catalog: the model catalog file and the provider's size rules."""
 
 import json
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
-from app.catalog import (
-    DEFAULT_CATALOG_PATH,
+from app.catalog.catalog import DEFAULT_CATALOG_PATH, load_catalog
+from app.catalog.sizes import (
     CatalogError,
     ResolvedSize,
-    load_catalog,
     parse_size,
     ratio_label,
     resolve_size,
@@ -334,7 +332,8 @@ def test_resolve_size_rejects(kwargs, param, fragment):
 
 
 def test_resolve_size_rejects_a_tier_the_model_does_not_offer():
-    small = replace(model(), qualities=("1K", "2K"), credits_per_image={"1K": 8, "2K": 10})
+    small = model().model_copy(update={"qualities": ["1K", "2K"],
+                                       "credits_per_image": {"1K": 8, "2K": 10}})
     with pytest.raises(CatalogError) as caught:
         resolve_size(small, size="3840x2160", aspect_ratio=None, quality=None)
     assert caught.value.param == "size"
@@ -344,12 +343,13 @@ def test_resolve_size_rejects_a_tier_the_model_does_not_offer():
 
 
 def test_shipped_catalog_matches_the_contract():
-    assert load_catalog().to_api() == json.loads(CONTRACT_MODELS_JSON)
-    assert load_catalog(DEFAULT_CATALOG_PATH).to_api() == json.loads(CONTRACT_MODELS_JSON)
+    expected = json.loads(CONTRACT_MODELS_JSON)
+    assert load_catalog().listing().model_dump(mode="json") == expected
+    assert load_catalog(DEFAULT_CATALOG_PATH).listing().model_dump(mode="json") == expected
 
 
 def test_shipped_catalog_key_order_matches_the_contract():
-    api = load_catalog().to_api()
+    api = load_catalog().listing().model_dump(mode="json")
     expected = json.loads(CONTRACT_MODELS_JSON)
     assert list(api) == list(expected)
     assert list(api["data"][0]) == list(expected["data"][0])
@@ -362,17 +362,8 @@ def test_catalog_lookup():
     assert catalog.get("gpt-image-1") is None
     assert [m.id for m in catalog.models()] == ["gpt-image-2"]
     spec = model()
-    assert spec.aspect_ratios[0] == "auto" and isinstance(spec.aspect_ratios, tuple)
+    assert spec.aspect_ratios[0] == "auto"
     assert spec.credits_per_image == {"1K": 8, "2K": 10, "4K": 12}
-
-
-def test_to_api_returns_copies():
-    spec = model()
-    out = spec.to_api()
-    out["aspect_ratios"].append("9:9")
-    out["credits_per_image"]["1K"] = 0
-    assert spec.to_api()["credits_per_image"]["1K"] == 8
-    assert "9:9" not in spec.to_api()["aspect_ratios"]
 
 
 def shipped_raw() -> dict:
@@ -409,7 +400,7 @@ def test_custom_catalog_with_new_model_and_price(tmp_path):
     assert catalog.get("gpt-image-2").credits_per_image["1K"] == 9
     mini = catalog.get("gpt-image-1-mini")
     assert mini is not None and mini.credits_per_image == {"1K": 2}
-    assert [m["id"] for m in catalog.to_api()["data"]] == ["gpt-image-2", "gpt-image-1-mini"]
+    assert [m.id for m in catalog.listing().data] == ["gpt-image-2", "gpt-image-1-mini"]
     assert resolve_size(mini, size=None, aspect_ratio=None, quality=None).size == "1024x1024"
     with pytest.raises(CatalogError) as caught:
         resolve_size(mini, size=None, aspect_ratio=None, quality="2K")
@@ -439,28 +430,37 @@ MISSING = object()
 @pytest.mark.parametrize(
     ("change", "fragment"),
     [
-        (mutate("credits_per_image", MISSING), "missing field 'credits_per_image'"),
-        (mutate("id", MISSING), "missing field 'id'"),
-        (mutate("credits_per_image.8K", 20), "unknown tier '8K' in 'credits_per_image'"),
-        (mutate("credits_per_image.2K", MISSING), "no price for tier '2K'"),
-        (mutate("credits_per_image.1K", 0), "must be a positive integer"),
-        (mutate("credits_per_image.1K", -3), "must be a positive integer"),
-        (mutate("credits_per_image.1K", 1.5), "must be a positive integer"),
-        (mutate("credits_per_image.1K", True), "must be a positive integer"),
-        (mutate("credits_per_image", [8, 10, 12]), "'credits_per_image' must be an object"),
-        (mutate("max_images_per_request", 0), "'max_images_per_request' must be an integer"),
-        (mutate("max_images_per_request", "4"), "'max_images_per_request' must be an integer"),
-        (mutate("reference_image_limit", -1), "'reference_image_limit' must be an integer"),
-        (mutate("default_quality", "8K"), "'default_quality' must be one of 'qualities'"),
+        (mutate("credits_per_image", MISSING), "'credits_per_image': missing field"),
+        (mutate("id", MISSING), "'id': missing field"),
+        (mutate("credits_per_image.8K", 20),
+         "'credits_per_image.8K.[key]': Input should be '1K', '2K' or '4K'"),
+        (mutate("credits_per_image.2K", MISSING), "'credits_per_image' has no price for tier '2K'"),
+        (mutate("credits_per_image.1K", 0),
+         "'credits_per_image.1K': Input should be greater than 0"),
+        (mutate("credits_per_image.1K", -3),
+         "'credits_per_image.1K': Input should be greater than 0"),
+        (mutate("credits_per_image.1K", 1.5),
+         "'credits_per_image.1K': Input should be a valid integer"),
+        (mutate("credits_per_image.1K", True),
+         "'credits_per_image.1K': Input should be a valid integer"),
+        (mutate("credits_per_image", [8, 10, 12]),
+         "'credits_per_image': Input should be a valid dictionary"),
+        (mutate("max_images_per_request", 0),
+         "'max_images_per_request': Input should be greater than or equal to 1"),
+        (mutate("max_images_per_request", "4"),
+         "'max_images_per_request': Input should be a valid integer"),
+        (mutate("reference_image_limit", -1),
+         "'reference_image_limit': Input should be greater than or equal to 0"),
+        (mutate("default_quality", "8K"), "'default_quality': Input should be '1K', '2K' or '4K'"),
         (mutate("default_aspect_ratio", "7:5"), "'default_aspect_ratio' must be one of"),
-        (mutate("qualities", ["1K", "8K"]), "unknown tier '8K' in 'qualities'"),
-        (mutate("qualities", []), "'qualities' must list distinct strings"),
-        (mutate("aspect_ratios", ["1:1", "1:1"]), "'aspect_ratios' must list distinct strings"),
+        (mutate("qualities", ["1K", "8K"]), "'qualities.1': Input should be '1K', '2K' or '4K'"),
+        (mutate("qualities", []), "'qualities': List should have at least 1 item"),
+        (mutate("aspect_ratios", ["1:1", "1:1"]), "'aspect_ratios': must list distinct strings"),
         (mutate("aspect_ratios", ["auto", "5:1"]), "aspect ratio '5:1'"),
         (mutate("aspect_ratios", ["auto", "wide"]), "aspect ratio 'wide'"),
-        (mutate("name", ""), "'name' must be a string"),
-        (mutate("object", "engine"), "'object' must be \"model\""),
-        (mutate("price", 3), "unknown field(s) ['price']"),
+        (mutate("name", ""), "'name': String should have at least 1 character"),
+        (mutate("object", "engine"), "'object': Input should be 'model'"),
+        (mutate("price", 3), "'price': unknown field"),
     ],
 )
 def test_broken_catalog_entries(tmp_path, change, fragment):

@@ -36,7 +36,7 @@ def run(*args: str, env: dict[str, str], cwd: Path | None = None,
     return result
 
 
-def run_json(*args: str, env: dict[str, str], cwd: Path | None = None):  # noqa: ANN201
+def run_json(*args: str, env: dict[str, str], cwd: Path | None = None):
     return json.loads(run(*args, "--json", env=env, cwd=cwd).stdout)
 
 

@@ -8,14 +8,14 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 
-from app import credits
+from app.credits import service as credits
 from app.db import utcnow
 from app.errors import InsufficientCredits
 from app.models import CreditLedgerEntry, CreditLot, Generation, User
 from tests.conftest import bearer
 
 
-async def new_generation(client, user: User, credits_requested: int) -> str:  # noqa: ANN001
+async def new_generation(client, user: User, credits_requested: int) -> str:
     """A bare generation row to hang charges and refunds on."""
     gen_id = "gen_" + secrets.token_hex(8)
     async with client.session() as session, session.begin():
@@ -27,25 +27,25 @@ async def new_generation(client, user: User, credits_requested: int) -> str:  # 
     return gen_id
 
 
-async def charge(client, user: User, amount: int, generation_id: str | None = None) -> int:  # noqa: ANN001
+async def charge(client, user: User, amount: int, generation_id: str | None = None) -> int:
     async with client.session() as session, session.begin():
         balance = await credits.charge(session, user.id, amount, generation_id=generation_id)
         return balance.credits
 
 
-async def lots_of(client, user: User) -> list[tuple[int, int]]:  # noqa: ANN001
+async def lots_of(client, user: User) -> list[tuple[int, int]]:
     async with client.session() as session:
         rows = await session.execute(select(CreditLot.granted, CreditLot.remaining)
                                      .where(CreditLot.user_id == user.id).order_by(CreditLot.id))
         return [tuple(r) for r in rows]
 
 
-async def audit(client) -> list:  # noqa: ANN001
+async def audit(client) -> list:
     async with client.session() as session:
         return await credits.audit(session)
 
 
-async def test_balance_and_next_expiration(any_db) -> None:  # noqa: ANN001
+async def test_balance_and_next_expiration(any_db) -> None:
     soon = datetime(2030, 6, 1, tzinfo=UTC)
     later = datetime(2031, 1, 1, tzinfo=UTC)
     user, key = await any_db.user_with_key(100)
@@ -61,7 +61,7 @@ async def test_balance_and_next_expiration(any_db) -> None:  # noqa: ANN001
     assert body["next_expiration"] == {"credits": 25, "expires_at": "2030-06-01T00:00:00.000Z"}
 
 
-async def test_spending_takes_soonest_expiring_lots_first(any_db) -> None:  # noqa: ANN001
+async def test_spending_takes_soonest_expiring_lots_first(any_db) -> None:
     user = await any_db.user(10)  # never expires: spent last
     async with any_db.session() as session, session.begin():
         await credits.grant(session, user.id, 10, expires_at=utcnow() + timedelta(days=30))
@@ -73,7 +73,7 @@ async def test_spending_takes_soonest_expiring_lots_first(any_db) -> None:  # no
     assert await audit(any_db) == []
 
 
-async def test_expired_credits_leave_the_balance(any_db) -> None:  # noqa: ANN001
+async def test_expired_credits_leave_the_balance(any_db) -> None:
     user, key = await any_db.user_with_key(10)
     async with any_db.session() as session, session.begin():
         lot = await credits.grant(session, user.id, 40, expires_at=utcnow() + timedelta(hours=1))
@@ -93,7 +93,7 @@ async def test_expired_credits_leave_the_balance(any_db) -> None:  # noqa: ANN00
     assert await audit(any_db) == []
 
 
-async def test_insufficient_balance_writes_nothing(pg) -> None:  # noqa: ANN001
+async def test_insufficient_balance_writes_nothing(pg) -> None:
     user = await pg.user(7)
     with pytest.raises(InsufficientCredits):
         await charge(pg, user, 8)
@@ -104,7 +104,7 @@ async def test_insufficient_balance_writes_nothing(pg) -> None:  # noqa: ANN001
     assert await lots_of(pg, user) == [(7, 7)]
 
 
-async def test_refund_goes_back_once(any_db) -> None:  # noqa: ANN001
+async def test_refund_goes_back_once(any_db) -> None:
     user = await any_db.user(8)
     async with any_db.session() as session, session.begin():
         await credits.grant(session, user.id, 8, expires_at=utcnow() + timedelta(days=1))
@@ -120,7 +120,7 @@ async def test_refund_goes_back_once(any_db) -> None:  # noqa: ANN001
     assert await audit(any_db) == []
 
 
-async def test_database_rejects_a_second_refund_row(pg) -> None:  # noqa: ANN001
+async def test_database_rejects_a_second_refund_row(pg) -> None:
     user = await pg.user(8)
     gen_id = await new_generation(pg, user, 8)
     await charge(pg, user, 8, gen_id)
@@ -134,7 +134,7 @@ async def test_database_rejects_a_second_refund_row(pg) -> None:  # noqa: ANN001
             await session.commit()
 
 
-async def test_concurrent_refunds_of_one_generation_pay_once(pg) -> None:  # noqa: ANN001
+async def test_concurrent_refunds_of_one_generation_pay_once(pg) -> None:
     user = await pg.user(16)
     gen_id = await new_generation(pg, user, 16)
     await charge(pg, user, 16, gen_id)
@@ -154,7 +154,7 @@ async def test_concurrent_refunds_of_one_generation_pay_once(pg) -> None:  # noq
     assert await audit(pg) == []
 
 
-async def test_50_concurrent_charges_of_8_against_200(any_db) -> None:  # noqa: ANN001
+async def test_50_concurrent_charges_of_8_against_200(any_db) -> None:
     client = any_db
     user = await client.user(200)
 
@@ -173,7 +173,7 @@ async def test_50_concurrent_charges_of_8_against_200(any_db) -> None:  # noqa: 
     assert await audit(client) == []
 
 
-async def test_audit_finds_tampering(pg) -> None:  # noqa: ANN001
+async def test_audit_finds_tampering(pg) -> None:
     user = await pg.user(30)
     assert await audit(pg) == []
     async with pg.session() as session, session.begin():
@@ -188,7 +188,7 @@ async def test_audit_finds_tampering(pg) -> None:  # noqa: ANN001
     assert await audit(pg) == []
 
 
-async def test_concurrent_generation_and_charge_of_one_user_do_not_deadlock(pg) -> None:  # noqa: ANN001
+async def test_concurrent_generation_and_charge_of_one_user_do_not_deadlock(pg) -> None:
     """Inserting a generation takes a KEY SHARE lock on its user; the charge's lock on the user
     must not conflict with another request's (FOR UPDATE here deadlocked concurrent submits)."""
     user = await pg.user(80)

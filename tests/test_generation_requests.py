@@ -55,7 +55,7 @@ JSON_CASES = {
 }
 
 
-async def assert_nothing_charged(client, user, key: str, credits_before: int) -> None:  # noqa: ANN001
+async def assert_nothing_charged(client, user, key: str, credits_before: int) -> None:
     balance = (await client.http.get("/api/v1/credits", headers=bearer(key))).json()["credits"]
     assert balance == credits_before
     async with client.session() as session:
@@ -66,7 +66,7 @@ async def assert_nothing_charged(client, user, key: str, credits_before: int) ->
     assert (generations, movements) == (0, 1)  # the grant only
 
 
-def assert_400(response, param: str | None = None) -> None:  # noqa: ANN001
+def assert_400(response, param: str | None = None) -> None:
     assert response.status_code == 400, response.text
     error = response.json()["error"]
     assert error["code"] == "invalid_request" and error["message"]
@@ -75,7 +75,7 @@ def assert_400(response, param: str | None = None) -> None:  # noqa: ANN001
 
 
 @pytest.mark.parametrize("case", list(JSON_CASES))
-async def test_invalid_json_fields(any_db, case: str) -> None:  # noqa: ANN001
+async def test_invalid_json_fields(any_db, case: str) -> None:
     change, param = JSON_CASES[case]
     user, key = await any_db.user_with_key(100)
     body = {k: v for k, v in {**BASE, **change}.items() if v is not None}
@@ -94,7 +94,7 @@ async def test_invalid_json_fields(any_db, case: str) -> None:  # noqa: ANN001
     (b"hello", "text/plain"),
     (b"", "application/json"),
 ])
-async def test_unreadable_bodies(any_db, raw: bytes, content_type: str) -> None:  # noqa: ANN001
+async def test_unreadable_bodies(any_db, raw: bytes, content_type: str) -> None:
     user, key = await any_db.user_with_key(100)
     response = await any_db.http.post("/api/v1/images/generations", content=raw,
                                       headers={**bearer(key), "Content-Type": content_type})
@@ -102,7 +102,7 @@ async def test_unreadable_bodies(any_db, raw: bytes, content_type: str) -> None:
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_huge_json_body_is_refused(any_db) -> None:  # noqa: ANN001
+async def test_huge_json_body_is_refused(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     body = json.dumps({**BASE, "padding": "x" * (10 * 1024 * 1024)})
     response = await any_db.http.post("/api/v1/images/generations", content=body,
@@ -115,7 +115,7 @@ def multipart(files: list[tuple[str, tuple[str, bytes, str]]], **fields: str) ->
     return {"data": {**BASE, **fields}, "files": files}
 
 
-async def test_seventeen_references_are_too_many(any_db) -> None:  # noqa: ANN001
+async def test_seventeen_references_are_too_many(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     files = [("reference_image", (f"{i}.png", PNG_BYTES, "image/png")) for i in range(17)]
     response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
@@ -124,7 +124,7 @@ async def test_seventeen_references_are_too_many(any_db) -> None:  # noqa: ANN00
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_text_file_named_png_is_refused(any_db) -> None:  # noqa: ANN001
+async def test_text_file_named_png_is_refused(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     files = [("reference_image", ("notes.png", b"just some text, honestly", "image/png"))]
     response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
@@ -134,7 +134,7 @@ async def test_text_file_named_png_is_refused(any_db) -> None:  # noqa: ANN001
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_truncated_png_is_refused(any_db) -> None:  # noqa: ANN001
+async def test_truncated_png_is_refused(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     big = io.BytesIO()
     Image.effect_noise((256, 256), 50).save(big, "PNG")
@@ -145,7 +145,7 @@ async def test_truncated_png_is_refused(any_db) -> None:  # noqa: ANN001
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_51_mb_reference_is_refused(any_db) -> None:  # noqa: ANN001
+async def test_51_mb_reference_is_refused(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     blob = PNG_BYTES + b"\0" * (51 * 1024 * 1024)
     files = [("reference_image", ("big.png", blob, "image/png"))]
@@ -156,7 +156,7 @@ async def test_51_mb_reference_is_refused(any_db) -> None:  # noqa: ANN001
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_references_accepted_by_content_not_name(any_db) -> None:  # noqa: ANN001
+async def test_references_accepted_by_content_not_name(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     files = [("reference_image", ("photo.png", webp_bytes(), "image/png")),
              ("reference_image[]", ("x.gif", jpeg_bytes(), "image/gif"))]
@@ -168,7 +168,7 @@ async def test_references_accepted_by_content_not_name(any_db) -> None:  # noqa:
         assert generation.reference_count == 2
 
 
-async def test_multipart_fields_and_booleans(any_db) -> None:  # noqa: ANN001
+async def test_multipart_fields_and_booleans(any_db) -> None:
     _, key = await any_db.user_with_key(100)
     response = await any_db.http.post(
         "/api/v1/images/generations", headers=bearer(key),
@@ -181,7 +181,7 @@ async def test_multipart_fields_and_booleans(any_db) -> None:  # noqa: ANN001
         ("720x1280", "9:16", "1K", 2)
 
 
-async def test_bad_idempotency_key_is_refused(any_db) -> None:  # noqa: ANN001
+async def test_bad_idempotency_key_is_refused(any_db) -> None:
     user, key = await any_db.user_with_key(100)
     for bad in (b"x" * 256, "caf\u00e9".encode(), b"a\x01b"):
         response = await any_db.http.post(
@@ -191,7 +191,7 @@ async def test_bad_idempotency_key_is_refused(any_db) -> None:  # noqa: ANN001
     await assert_nothing_charged(any_db, user, key, 100)
 
 
-async def test_insufficient_credits_is_402_and_writes_nothing(any_db) -> None:  # noqa: ANN001
+async def test_insufficient_credits_is_402_and_writes_nothing(any_db) -> None:
     user, key = await any_db.user_with_key(15)
     response = await any_db.http.post("/api/v1/images/generations", json={**BASE, "n": 2},
                                       headers=bearer(key))
@@ -200,7 +200,7 @@ async def test_insufficient_credits_is_402_and_writes_nothing(any_db) -> None:  
     await assert_nothing_charged(any_db, user, key, 15)
 
 
-async def test_unicode_prompt_at_the_limit_is_accepted(any_db) -> None:  # noqa: ANN001
+async def test_unicode_prompt_at_the_limit_is_accepted(any_db) -> None:
     _, key = await any_db.user_with_key(100)
     prompt = ("\u0e41\u0e21\u0e27 \U0001f408 " * 8000)[:32_000]
     response = await any_db.http.post("/api/v1/images/generations",

@@ -9,7 +9,7 @@ import urllib.request
 from PIL import Image
 from sqlalchemy import func, select
 
-from app import credits
+from app.credits import service as credits
 from app.models import CreditLedgerEntry, Generation, GenerationImage
 from tests.conftest import bearer, poll
 
@@ -27,22 +27,22 @@ def fetch(url: str) -> bytes:
         return response.read()
 
 
-async def balance(client, key: str) -> int:  # noqa: ANN001
+async def balance(client, key: str) -> int:
     return (await client.http.get("/api/v1/credits", headers=bearer(key))).json()["credits"]
 
 
-async def audit_clean(client) -> None:  # noqa: ANN001
+async def audit_clean(client) -> None:
     async with client.session() as session:
         assert await credits.audit(session) == []
 
 
-async def generate(client, key: str, **fields):  # noqa: ANN001, ANN201
+async def generate(client, key: str, **fields):
     body = {"model": "gpt-image-2", "prompt": PROMPT, **fields}
     return await client.http.post("/api/v1/images/generations", json=body, headers=bearer(key),
                                   timeout=60)
 
 
-async def test_sync_json_success(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_sync_json_success(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(100)
     response = await generate(prod, key, size="1536x1024", quality="high", n=2)
     assert response.status_code == 200, response.text
@@ -74,7 +74,7 @@ async def test_sync_json_success(prod, openai_fake) -> None:  # noqa: ANN001
         assert generation.provider_usage and generation.provider_usage["total_tokens"] > 0
 
 
-async def test_async_then_poll_through_the_worker(prod) -> None:  # noqa: ANN001
+async def test_async_then_poll_through_the_worker(prod) -> None:
     _, key = await prod.user_with_key(40)
     response = await generate(prod, key, aspect_ratio="16:9", quality="2K", **{"async": True})
     assert response.status_code == 202, response.text
@@ -92,7 +92,7 @@ async def test_async_then_poll_through_the_worker(prod) -> None:  # noqa: ANN001
     assert Image.open(io.BytesIO(fetch(again["images"][0]["url"]))).size == (2560, 1440)
 
 
-async def test_multipart_with_two_references_uses_the_edit_endpoint(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_multipart_with_two_references_uses_the_edit_endpoint(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(20)
     first, second = png_bytes(color="red"), png_bytes(80, 48, "blue")
     response = await prod.http.post(
@@ -109,7 +109,7 @@ async def test_multipart_with_two_references_uses_the_edit_endpoint(prod, openai
     assert call["fields"]["prompt"] == PROMPT and call["fields"]["quality"] == "low"
 
 
-async def test_provider_failure_is_generation_failed_and_refunded(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_provider_failure_is_generation_failed_and_refunded(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(50)
     openai_fake.configure(fail_status=400, fail_code="moderation_blocked")
     response = await generate(prod, key, n=3)
@@ -124,7 +124,7 @@ async def test_provider_failure_is_generation_failed_and_refunded(prod, openai_f
     await audit_clean(prod)
 
 
-async def test_fewer_images_refunds_the_missing_ones(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_fewer_images_refunds_the_missing_ones(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(100)
     openai_fake.configure(fewer_images=1)
     response = await generate(prod, key, n=3, quality="2K", aspect_ratio="1:1")
@@ -136,7 +136,7 @@ async def test_fewer_images_refunds_the_missing_ones(prod, openai_fake) -> None:
     await audit_clean(prod)
 
 
-async def test_rate_limited_then_success_is_charged_once(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_rate_limited_then_success_is_charged_once(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(8)
     openai_fake.configure(fail_first=1, retry_after_ms=50)
     response = await generate(prod, key)
@@ -150,7 +150,7 @@ async def test_rate_limited_then_success_is_charged_once(prod, openai_fake) -> N
     assert charges == 1
 
 
-async def test_provider_timeout_fails_and_refunds(prod, openai_fake) -> None:  # noqa: ANN001
+async def test_provider_timeout_fails_and_refunds(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(8)
     openai_fake.configure(timeout=True)  # the worker's provider timeout is 4 s, 1 retry
     response = await generate(prod, key)
@@ -160,7 +160,7 @@ async def test_provider_timeout_fails_and_refunds(prod, openai_fake) -> None:  #
     await audit_clean(prod)
 
 
-async def test_idempotency_key_replays_and_conflicts(prod) -> None:  # noqa: ANN001
+async def test_idempotency_key_replays_and_conflicts(prod) -> None:
     _, key = await prod.user_with_key(100)
     headers = {**bearer(key), "Idempotency-Key": "order-42"}
     body = {"model": "gpt-image-2", "prompt": PROMPT}
@@ -178,7 +178,7 @@ async def test_idempotency_key_replays_and_conflicts(prod) -> None:  # noqa: ANN
     assert await balance(prod, key) == 92
 
 
-async def test_twenty_concurrent_replays_make_one_generation(prod) -> None:  # noqa: ANN001
+async def test_twenty_concurrent_replays_make_one_generation(prod) -> None:
     user, key = await prod.user_with_key(100)
     headers = {**bearer(key), "Idempotency-Key": "burst-1"}
     body = {"model": "gpt-image-2", "prompt": PROMPT, "async": True}
@@ -197,7 +197,7 @@ async def test_twenty_concurrent_replays_make_one_generation(prod) -> None:  # n
     await audit_clean(prod)
 
 
-async def test_another_users_generation_is_not_found(prod) -> None:  # noqa: ANN001
+async def test_another_users_generation_is_not_found(prod) -> None:
     _, owner = await prod.user_with_key(8)
     _, stranger = await prod.user_with_key(8)
     created = (await generate(prod, owner, **{"async": True})).json()
@@ -209,7 +209,7 @@ async def test_another_users_generation_is_not_found(prod) -> None:  # noqa: ANN
 
 
 async def test_sync_wait_limit_answers_202_and_the_work_goes_on(
-        prod_env, worker, prod_sdk_env, openai_fake) -> None:  # noqa: ANN001
+        prod_env, worker, prod_sdk_env, openai_fake) -> None:
     from tests.conftest import running_client, settings_from_env
 
     openai_fake.configure(latency_ms=3000)
@@ -224,7 +224,7 @@ async def test_sync_wait_limit_answers_202_and_the_work_goes_on(
         assert done["status"] == "succeeded" and done["usage"]["credits"] == 8
 
 
-async def test_images_are_stored_once_per_index(prod) -> None:  # noqa: ANN001
+async def test_images_are_stored_once_per_index(prod) -> None:
     _, key = await prod.user_with_key(100)
     body = (await generate(prod, key, n=4)).json()
     async with prod.session() as session:

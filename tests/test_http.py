@@ -2,7 +2,7 @@
 
 import json
 
-from app.catalog import load_catalog
+from app.catalog.catalog import load_catalog
 from tests.conftest import bearer, make_settings, running_client
 
 CONTRACT_MODEL = {
@@ -19,7 +19,7 @@ CONTRACT_MODEL = {
 }
 
 
-def assert_envelope(response, status: int, code: str) -> dict:  # noqa: ANN001
+def assert_envelope(response, status: int, code: str) -> dict:
     assert response.status_code == status, response.text
     assert response.headers["content-type"].startswith("application/json")
     body = response.json()
@@ -29,13 +29,13 @@ def assert_envelope(response, status: int, code: str) -> dict:  # noqa: ANN001
     return body["error"]
 
 
-async def test_models_equals_the_contract_without_a_key(any_db) -> None:  # noqa: ANN001
+async def test_models_equals_the_contract_without_a_key(any_db) -> None:
     response = await any_db.http.get("/api/v1/models")
     assert response.status_code == 200
     assert response.json() == {"object": "list", "data": [CONTRACT_MODEL]}
 
 
-async def test_operator_catalog_file_replaces_the_shipped_one(pg_url, tmp_path) -> None:  # noqa: ANN001
+async def test_operator_catalog_file_replaces_the_shipped_one(pg_url, tmp_path) -> None:
     custom = dict(CONTRACT_MODEL, credits_per_image={"1K": 5, "2K": 9, "4K": 20})
     other = dict(CONTRACT_MODEL, id="gpt-image-2-mini", name="GPT Image 2 mini",
                  provider_model="gpt-image-2-mini", max_images_per_request=2)
@@ -48,27 +48,27 @@ async def test_operator_catalog_file_replaces_the_shipped_one(pg_url, tmp_path) 
     assert load_catalog(path).get("gpt-image-2-mini").max_images_per_request == 2
 
 
-async def test_unknown_route_is_not_found(any_db) -> None:  # noqa: ANN001
+async def test_unknown_route_is_not_found(any_db) -> None:
     assert_envelope(await any_db.http.get("/api/v1/nope"), 404, "notFound")
     assert_envelope(await any_db.http.get("/"), 404, "notFound")
     assert_envelope(await any_db.http.get("/api/v1/generations/gen_x/extra"), 404, "notFound")
 
 
-async def test_wrong_method_is_method_not_allowed(any_db) -> None:  # noqa: ANN001
+async def test_wrong_method_is_method_not_allowed(any_db) -> None:
     response = await any_db.http.post("/api/v1/models", json={})
     assert_envelope(response, 405, "methodNotAllowed")
     assert "GET" in response.headers["allow"]
     assert_envelope(await any_db.http.delete("/api/v1/credits"), 405, "methodNotAllowed")
 
 
-async def test_auth_errors_carry_www_authenticate(any_db) -> None:  # noqa: ANN001
+async def test_auth_errors_carry_www_authenticate(any_db) -> None:
     for headers, code in [({}, "missingApiKey"), (bearer("nope"), "invalidApiKey")]:
         response = await any_db.http.get("/api/v1/credits", headers=headers)
         assert_envelope(response, 401, code)
         assert response.headers["www-authenticate"] == "Bearer"
 
 
-async def test_crash_is_internal_error_without_internals(pg) -> None:  # noqa: ANN001
+async def test_crash_is_internal_error_without_internals(pg) -> None:
     async def boom() -> None:
         raise RuntimeError("secret internals /etc/passwd")
 
@@ -79,7 +79,7 @@ async def test_crash_is_internal_error_without_internals(pg) -> None:  # noqa: A
     assert error["message"] == "internal server error"
 
 
-async def test_database_down_is_service_unavailable(tmp_path) -> None:  # noqa: ANN001
+async def test_database_down_is_service_unavailable(tmp_path) -> None:
     # Nothing listens on port 1: the database is unreachable.
     settings = make_settings("postgresql://postgres@127.0.0.1:1/none")
     async with running_client(settings) as client:
@@ -90,7 +90,7 @@ async def test_database_down_is_service_unavailable(tmp_path) -> None:  # noqa: 
         assert (await client.http.get("/api/v1/models")).status_code == 200
 
 
-async def test_openapi_lists_only_public_paths(any_db) -> None:  # noqa: ANN001
+async def test_openapi_lists_only_public_paths(any_db) -> None:
     schema = (await any_db.http.get("/openapi.json")).json()
     assert set(schema["paths"]) >= {"/api/v1/models", "/api/v1/credits"}
     assert all(p.startswith("/api/v1/") for p in schema["paths"])
@@ -101,8 +101,8 @@ def test_a_full_database_is_unavailable_not_a_crash() -> None:
     import asyncpg
     from sqlalchemy.exc import DBAPIError
 
-    from app.error_handlers import crash_response
     from app.errors import is_unavailable
+    from app.ops.error_handlers import crash_response
 
     driver = asyncpg.exceptions.TooManyConnectionsError("sorry, too many clients already")
     adapted = RuntimeError("sorry, too many clients already")

@@ -19,12 +19,12 @@ def own_redis(tmp_path: Path) -> Iterator[RedisServer]:
     server.stop()
 
 
-async def readyz(client) -> tuple[int, dict]:  # noqa: ANN001
+async def readyz(client) -> tuple[int, dict]:
     response = await client.http.get("/readyz")
     return response.status_code, response.json()
 
 
-async def test_healthz_needs_nothing(tmp_path) -> None:  # noqa: ANN001
+async def test_healthz_needs_nothing(tmp_path) -> None:
     async with running_client(make_settings("postgresql://postgres@127.0.0.1:1/none")) as client:
         response = await client.http.get("/healthz")
         assert response.status_code == 200 and response.json() == {"status": "ok"}
@@ -35,7 +35,7 @@ async def test_healthz_needs_nothing(tmp_path) -> None:  # noqa: ANN001
 
 
 async def test_readyz_names_redis_when_it_is_down_and_recovers(
-        prod_env, own_redis, prod_sdk_env) -> None:  # noqa: ANN001
+        prod_env, own_redis, prod_sdk_env) -> None:
     async with running_client(settings_from_env(prod_env, redis_url=own_redis.url)) as client:
         status, body = await readyz(client)
         assert status == 200, body
@@ -52,14 +52,14 @@ async def test_readyz_names_redis_when_it_is_down_and_recovers(
         assert status == 200, body
 
 
-async def test_readyz_names_storage_at_a_closed_port(prod_env, prod_sdk_env) -> None:  # noqa: ANN001
+async def test_readyz_names_storage_at_a_closed_port(prod_env, prod_sdk_env) -> None:
     settings = settings_from_env(prod_env, s3_endpoint_url=f"http://127.0.0.1:{free_port()}")
     async with running_client(settings) as client:
         status, body = await readyz(client)
         assert status == 503 and body["error"]["failing"] == ["storage"], body
 
 
-async def test_readyz_survives_the_database_dropping_connections(pg) -> None:  # noqa: ANN001
+async def test_readyz_survives_the_database_dropping_connections(pg) -> None:
     assert (await readyz(pg))[0] == 200
     async with pg.app.state.runtime.engine.connect() as connection:
         await connection.execute(text(
@@ -82,7 +82,7 @@ def metric(text_body: str, name: str, **labels: str) -> float:
 
 
 async def test_metrics_move_after_a_generation_a_refund_and_a_4xx(
-        pg_url, openai_fake, prod_sdk_env) -> None:  # noqa: ANN001
+        pg_url, openai_fake, prod_sdk_env) -> None:
     settings = make_settings(pg_url, provider="openai")  # in-process jobs: one registry
     async with running_client(settings) as client:
         _, key = await client.user_with_key(100)

@@ -23,7 +23,7 @@ SERVE_LOG: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def api(prod_env: dict[str, str], worker, tmp_path_factory) -> Iterator[str]:  # noqa: ANN001
+def api(prod_env: dict[str, str], worker, tmp_path_factory) -> Iterator[str]:
     log = tmp_path_factory.mktemp("serve") / "serve.log"
     SERVE_LOG["path"] = log
     process, base = start_serve(prod_env, log, workers=2)
@@ -53,7 +53,7 @@ def post(base: str, key: str, body: dict, headers: dict | None = None) -> tuple[
         return exc.code, json.loads(exc.read())
 
 
-def test_sync_generation_over_http(api: str, key: str, openai_fake) -> None:  # noqa: ANN001
+def test_sync_generation_over_http(api: str, key: str, openai_fake) -> None:
     openai_fake.reset()
     status, body = post(api, key, {"model": "gpt-image-2", "prompt": "a kettle", "n": 2})
     assert status == 200, body
@@ -61,7 +61,7 @@ def test_sync_generation_over_http(api: str, key: str, openai_fake) -> None:  # 
     assert body["poll_url"].startswith(api)
 
 
-def test_client_that_disconnects_loses_nothing(api: str, key: str, openai_fake,  # noqa: ANN001
+def test_client_that_disconnects_loses_nothing(api: str, key: str, openai_fake,
                                                pg_url: str) -> None:
     openai_fake.reset()
     openai_fake.configure(latency_ms=1500)
@@ -95,7 +95,7 @@ def log_lines(path: Path) -> list[dict]:
 
 
 def test_request_id_is_echoed_and_logged_and_keys_never_are(api: str, key: str,
-                                                            worker) -> None:  # noqa: ANN001
+                                                            worker) -> None:
     request = urllib.request.Request(f"{api}/api/v1/credits", headers={
         "Authorization": f"Bearer {key}", "X-Request-ID": "trace-me-42"})
     with urllib.request.urlopen(request, timeout=10) as response:
@@ -130,7 +130,7 @@ def test_metrics_add_up_across_server_processes(api: str, key: str) -> None:
     assert "gih_queue_depth" in body
 
 
-def test_sigterm_lets_a_sync_request_and_its_job_finish(prod_env: dict[str, str], worker,  # noqa: ANN001
+def test_sigterm_lets_a_sync_request_and_its_job_finish(prod_env: dict[str, str], worker,
                                                         openai_fake, tmp_path: Path) -> None:
     env = {**os.environ, **prod_env}
     email = f"term{time.monotonic_ns()}@example.com"

@@ -6,21 +6,23 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from app.storage import LocalStorage, S3Storage, StorageError, image_key
+from app.storage.base import StorageError, image_key
+from app.storage.local import LocalStorage
+from app.storage.s3 import S3Storage
 
 
-def s3_settings(s3, **overrides: object) -> Settings:  # noqa: ANN001
+def s3_settings(s3, **overrides: object) -> Settings:
     return Settings(storage="s3", s3_bucket="gih-storage-test", s3_endpoint_url=s3.endpoint_url,
                     secret_key="s" * 40, **overrides)
 
 
 @pytest.fixture
-def aws_env(s3, monkeypatch: pytest.MonkeyPatch) -> None:  # noqa: ANN001
+def aws_env(s3, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", s3.access_key)
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", s3.secret_key)
 
 
-async def test_s3_creates_the_bucket_and_presigns_fresh_urls(s3, aws_env) -> None:  # noqa: ANN001
+async def test_s3_creates_the_bucket_and_presigns_fresh_urls(s3, aws_env) -> None:
     storage = S3Storage(s3_settings(s3))
     await storage.check()  # creates the bucket
     key = image_key("gen_test", 0, "image/png", b"secret")
@@ -32,7 +34,7 @@ async def test_s3_creates_the_bucket_and_presigns_fresh_urls(s3, aws_env) -> Non
         assert response.read() == b"\x89PNG again"
 
 
-async def test_presigned_urls_can_be_signed_for_the_clients_endpoint(s3, aws_env) -> None:  # noqa: ANN001
+async def test_presigned_urls_can_be_signed_for_the_clients_endpoint(s3, aws_env) -> None:
     public = s3.endpoint_url.replace("127.0.0.1", "localhost")
     storage = S3Storage(s3_settings(s3, s3_presign_endpoint_url=public))
     await storage.check()
@@ -43,12 +45,12 @@ async def test_presigned_urls_can_be_signed_for_the_clients_endpoint(s3, aws_env
         assert response.read() == b"hello"
 
 
-async def test_public_base_url_replaces_presigning(s3, aws_env) -> None:  # noqa: ANN001
+async def test_public_base_url_replaces_presigning(s3, aws_env) -> None:
     storage = S3Storage(s3_settings(s3, s3_public_base_url="https://cdn.example.com/images/"))
     assert storage.url("a/b.png") == "https://cdn.example.com/images/a/b.png"
 
 
-async def test_s3_down_is_a_storage_error(aws_env) -> None:  # noqa: ANN001
+async def test_s3_down_is_a_storage_error(aws_env) -> None:
     settings = Settings(storage="s3", s3_bucket="x", s3_endpoint_url="http://127.0.0.1:1",
                         secret_key="s" * 40)
     storage = S3Storage(settings)

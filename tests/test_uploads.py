@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from app.uploads import (
+from app.generations.multipart import (
     ParsedForm,
     UploadError,
     check_image,
@@ -126,11 +126,10 @@ async def test_two_png_references_and_fields(tmp_path: Path, chunk: int) -> None
     ], tmp_path, chunk)
     assert form.fields == {"model": "gpt-image-1", "prompt": "last wins"}
     assert [r.filename for r in form.references] == ["one.png", "two.png"]
-    for ref, data, dims in zip(form.references, [first, second], [(32, 24), (10, 20)], strict=True):
+    for ref, data in zip(form.references, [first, second], strict=True):
         assert ref.content_type == "image/png"
         assert ref.size == len(data)
         assert ref.sha256 == hashlib.sha256(data).hexdigest()
-        assert (ref.width, ref.height) == dims
         assert ref.path.parent == tmp_path and ref.path.read_bytes() == data
     assert len(list(tmp_path.iterdir())) == 2
 
@@ -141,7 +140,6 @@ async def test_type_comes_from_content_not_name(tmp_path: Path) -> None:
         ("reference_image", "x.gif", "image/gif", image_bytes("JPEG", (16, 8))),
     ], tmp_path)
     assert [r.content_type for r in form.references] == ["image/webp", "image/jpeg"]
-    assert [(r.width, r.height) for r in form.references] == [(32, 24), (16, 8)]
 
 
 def test_sniff_image_type() -> None:
@@ -183,7 +181,7 @@ async def test_decompression_bomb_is_rejected_quickly(tmp_path: Path) -> None:
 async def test_format_must_match_sniffed_type(tmp_path: Path) -> None:
     path = tmp_path / "a.bin"
     path.write_bytes(image_bytes("PNG"))
-    assert check_image(path, "image/png", 10_000) == (32, 24)
+    check_image(path, "image/png", 10_000)  # no error: a PNG it is
     with pytest.raises(UploadError):
         check_image(path, "image/jpeg", 10_000)
 

@@ -4,12 +4,12 @@ import time
 
 from sqlalchemy import select
 
-from app import credits
+from app.credits import service as credits
 from app.models import CreditLedgerEntry, Generation
 from tests.conftest import bearer, poll
 
 
-async def wait_for_status(client, generation_id: str, status: str, timeout: float = 20) -> None:  # noqa: ANN001
+async def wait_for_status(client, generation_id: str, status: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while True:
         async with client.session() as session:
@@ -21,7 +21,7 @@ async def wait_for_status(client, generation_id: str, status: str, timeout: floa
         time.sleep(0.05)
 
 
-async def test_sigkilled_worker_mid_job_then_restarted(prod, worker, openai_fake) -> None:  # noqa: ANN001
+async def test_sigkilled_worker_mid_job_then_restarted(prod, worker, openai_fake) -> None:
     _, key = await prod.user_with_key(50)
     openai_fake.configure(latency_ms=2500)
     response = await prod.http.post(

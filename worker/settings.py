@@ -10,15 +10,15 @@ from arq.connections import RedisSettings
 from app.config import get_settings
 from app.generations.jobs import run_generation as run_generation_job
 from app.generations.jobs import sweep_forever
-from app.jobs import ArqQueue
-from app.runtime import open_runtime
+from app.queue import ArqQueue
+from app.runtime import close_runtime, open_runtime
 
 log = logging.getLogger("gih.worker")
 settings = get_settings()
 
 
 async def run_generation(ctx: dict[str, Any], generation_id: str, attempt: int) -> None:
-    """Named as app.jobs.JOB_FUNCTION: the name the API enqueues."""
+    """Named as app.queue.JOB_FUNCTION: the name the API enqueues."""
     await run_generation_job(ctx["runtime"], generation_id, attempt)
 
 
@@ -40,9 +40,7 @@ async def startup(ctx: dict[str, Any]) -> None:
 async def shutdown(ctx: dict[str, Any]) -> None:
     ctx["sweep"].cancel()
     await asyncio.gather(ctx["sweep"], return_exceptions=True)
-    rt = ctx["runtime"]
-    await rt.close_provider()
-    await rt.engine.dispose()
+    await close_runtime(ctx["runtime"])  # the queue's pool is arq's own: closed by arq
 
 
 class WorkerSettings:

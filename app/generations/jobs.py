@@ -1,8 +1,9 @@
-"""The generation job and the sweep. Every step is safe to run twice.
+"""The generation job and the sweep: the wrappers that own the transactions (one per step)
+around `service`. Every step is safe to run twice (arq may run a job again).
 
-A job claims its generation, calls the provider, stores the images under deterministic keys
-(a re-run overwrites), then finishes it in one transaction with the refund it owes. Finishing
-locks the generation row and does nothing if it is already final, so refunds happen once.
+A job claims its generation, calls the provider, stores the images under fixed keys, then
+finishes it in one transaction with the refund it owes; `conclude` does what follows a final
+state, whoever reached it (the job, the sweep, a failed enqueue).
 """
 
 import asyncio
@@ -12,57 +13,79 @@ import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
-
-from app import credits, metrics
 from app.db import utcnow
-from app.generations.views import FINAL_STATUSES
-from app.ids import new_id
-from app.models import Generation, GenerationImage, ReferenceImage
-from app.providers.base import (
-    GeneratedImage,
-    ImageRequest,
-    ImageResult,
-    ProviderError,
-    ReferenceInput,
-)
+from app.errors import ErrorCode, ServiceUnavailable
+from app.generations import images
+from app.generations import service as generations
+from app.models import Generation, GenerationStatus
+from app.ops import metrics
+from app.providers.base import ImageRequest, ImageResult, ProviderError
+from app.queue import QueueUnavailable
 from app.runtime import Runtime
-from app.storage import EXTENSIONS, StorageError, image_key
+from app.storage.base import StorageError
 
-log = logging.getLogger("gih.jobs")
+log = logging.getLogger("gih.generations.jobs")
 
 HEARTBEAT_S = 10.0
 MAX_ATTEMPTS = 3
-STORAGE_TRIES = 3
+REFERENCE_CLEANUP_AFTER = timedelta(minutes=1)
 
 
 async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     started = time.perf_counter()
-    claimed = await claim(rt, generation_id, attempt)
+    async with rt.transaction() as session:
+        claimed = await generations.claim(session, generation_id, attempt)
     if claimed is None:
+        log.info("generation %s: attempt %s has nothing to do", generation_id, attempt)
         return
     generation, references = claimed
     try:
         async with heartbeat(rt, generation_id):
             with tempfile.TemporaryDirectory(prefix="gih-job-") as tmp:
-                request = await build_request(rt, generation, references, Path(tmp))
+                request = ImageRequest(
+                    model=generation.provider_model, prompt=generation.prompt,
+                    size=generation.size, quality=generation.render_quality, n=generation.n,
+                    output_format=generation.output_format,
+                    references=await images.fetch_references(rt.storage, references, Path(tmp)))
                 result = await call_provider(rt, request)
-            keys = await store_images(rt, generation_id, result.images)
+            keys = await images.store_images(rt.storage, rt.secret, generation_id, result.images)
     except ProviderError as exc:
-        final = await finish_failed(rt, generation_id,
-                                    f"the image provider failed: {exc.message}")
+        await fail(rt, generation_id, f"the image provider failed: {exc.message}",
+                   attempt=attempt, started=started)
     except StorageError as exc:
         log.warning("generation %s: storage failed: %s", generation_id, exc)
-        final = await finish_failed(rt, generation_id, "image storage is unavailable; the "
-                                    "credits were refunded", code="serviceUnavailable")
+        await fail(rt, generation_id, "image storage is unavailable; the credits were refunded",
+                   code=ErrorCode.SERVICE_UNAVAILABLE, attempt=attempt, started=started)
     else:
-        final = await finish_succeeded(rt, generation_id, result.images, keys, result.usage)
+        async with rt.transaction() as session:
+            final = await generations.finish_succeeded(session, generation_id, result.images,
+                                                       keys, result.usage)
+        await conclude(rt, generation_id, final, attempt=attempt, started=started)
+
+
+async def fail(rt: Runtime, generation_id: str, message: str, *,
+               code: ErrorCode = ErrorCode.GENERATION_FAILED, attempt: int,
+               started: float | None = None) -> Generation | None:
+    """Fail and refund the generation (if it is not final yet), then conclude it."""
+    async with rt.transaction() as session:
+        final = await generations.finish_failed(session, generation_id, message, code)
+    await conclude(rt, generation_id, final, attempt=attempt, started=started)
+    return final
+
+
+async def conclude(rt: Runtime, generation_id: str, final: Generation | None, *, attempt: int,
+                   started: float | None = None) -> None:
+    """After a finishing transaction: wake the waiting requests, count and log the outcome
+    (when this call made it final), and delete what the final generation no longer needs."""
     await announce(rt, generation_id)
     if final is not None:
-        log_job(rt, final, attempt, time.perf_counter() - started)
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        log_outcome(rt, final, attempt, elapsed)
+        if final.reference_count:
+            await discard_references(rt, final)
     if final is None or final.credits_refunded:  # some images (maybe stored) not delivered
         await discard_undelivered(rt, generation_id)
 
@@ -80,41 +103,19 @@ async def call_provider(rt: Runtime, request: ImageRequest) -> ImageResult:
     return result
 
 
-def log_job(rt: Runtime, generation: Generation, attempt: int, elapsed: float) -> None:
+def log_outcome(rt: Runtime, generation: Generation, attempt: int, elapsed: float) -> None:
     mode = metrics.mode_of(generation.is_async)
     metrics.generations.labels(generation.model, generation.status, mode).inc()
+    metrics.credits_refunded.inc(generation.credits_refunded)
     fields = {"event": "job", "generation_id": generation.id, "user_id": generation.user_id,
               "status": generation.status, "attempt": attempt, "mode": mode,
-              "duration_ms": round(elapsed * 1000, 1), "credits_refunded":
-              generation.credits_refunded}
-    if generation.status == "failed":
+              "duration_ms": round(elapsed * 1000, 1),
+              "credits_refunded": generation.credits_refunded}
+    if generation.status == GenerationStatus.FAILED:
         fields["error"] = generation.error_message
     if rt.settings.log_prompts:
         fields["prompt"] = generation.prompt
     log.info("generation %s %s", generation.id, generation.status, extra=fields)
-
-
-async def claim(rt: Runtime, generation_id: str,
-                attempt: int) -> tuple[Generation, list[ReferenceImage]] | None:
-    """Mark the generation running, unless it is final or a newer attempt owns it."""
-    async with rt.sessionmaker() as session, session.begin():
-        generation = await session.get(Generation, generation_id, with_for_update=True)
-        if generation is None or generation.status in FINAL_STATUSES:
-            return None
-        if generation.attempts != attempt:
-            log.info("generation %s: attempt %s superseded by %s", generation_id, attempt,
-                     generation.attempts)
-            return None
-        now = utcnow()
-        generation.status = "running"
-        generation.started_at = generation.started_at or now
-        generation.heartbeat_at = now
-        references = []
-        if generation.reference_count:
-            references = list(await session.scalars(
-                select(ReferenceImage).where(ReferenceImage.generation_id == generation_id)
-                .order_by(ReferenceImage.index)))
-    return generation, references
 
 
 @contextlib.asynccontextmanager
@@ -127,11 +128,8 @@ async def heartbeat(rt: Runtime, generation_id: str) -> AsyncIterator[None]:
         while True:
             await asyncio.sleep(interval)
             try:
-                async with rt.sessionmaker() as session, session.begin():
-                    await session.execute(
-                        update(Generation)
-                        .where(Generation.id == generation_id, Generation.status == "running")
-                        .values(heartbeat_at=utcnow()))
+                async with rt.transaction() as session:
+                    await generations.beat(session, generation_id)
             except Exception as exc:  # the database may be briefly away; keep trying
                 log.warning("heartbeat of %s failed: %s", generation_id, exc)
 
@@ -144,109 +142,30 @@ async def heartbeat(rt: Runtime, generation_id: str) -> AsyncIterator[None]:
             await task
 
 
-async def build_request(rt: Runtime, generation: Generation, references: list[ReferenceImage],
-                        tmp: Path) -> ImageRequest:
-    inputs = []
-    for ref in references:
-        path = tmp / f"reference-{ref.index}"
-        await with_retries(lambda ref=ref, path=path: rt.storage.get_file(ref.storage_key, path))
-        inputs.append(ReferenceInput(path=path, filename=ref.filename or f"reference-{ref.index}",
-                                     content_type=ref.content_type))
-    return ImageRequest(model=generation.provider_model, prompt=generation.prompt,
-                        size=generation.size, quality=generation.render_quality, n=generation.n,
-                        output_format=generation.output_format, references=tuple(inputs))
-
-
-async def store_images(rt: Runtime, generation_id: str,
-                       images: list[GeneratedImage]) -> list[str]:
-    keys = []
-    for index, image in enumerate(images):
-        key = image_key(generation_id, index, image.content_type, rt.secret)
-        await with_retries(lambda key=key, image=image: rt.storage.put_bytes(
-            key, image.data, image.content_type))
-        keys.append(key)
-    return keys
-
-
-async def with_retries(action, tries: int = STORAGE_TRIES) -> None:  # noqa: ANN001
-    for attempt in range(1, tries + 1):
-        try:
-            await action()
-            return
-        except StorageError:
-            if attempt == tries:
-                raise
-            await asyncio.sleep(0.5 * 2 ** attempt)
-
-
-async def finish_succeeded(rt: Runtime, generation_id: str, images: list[GeneratedImage],
-                           keys: list[str], usage: dict | None) -> Generation | None:
-    if not images:
-        return await finish_failed(rt, generation_id, "the image provider returned no images")
-    async with rt.sessionmaker() as session, session.begin():
-        generation = await session.get(Generation, generation_id, with_for_update=True)
-        if generation is None or generation.status in FINAL_STATUSES:
-            return None
-        now = utcnow()
-        delivered = min(len(images), generation.n)
-        for index in range(delivered):
-            image = images[index]
-            session.add(GenerationImage(
-                id=new_id("img"), generation_id=generation_id, index=index,
-                storage_key=keys[index], width=image.width, height=image.height,
-                content_type=image.content_type, byte_size=len(image.data), created_at=now))
-        missing = generation.n - delivered
-        if missing:
-            owed = missing * (generation.credits_requested // generation.n)
-            await credits.refund(session, generation.user_id, generation_id, owed,
-                                 note=f"{missing} of {generation.n} images not delivered")
-            generation.credits_refunded = owed
-        generation.status = "succeeded"
-        generation.provider_usage = usage
-        generation.completed_at = now
-    metrics.credits_refunded.inc(generation.credits_refunded)
-    return generation
-
-
-async def finish_failed(rt: Runtime, generation_id: str, message: str,
-                        code: str = "generationFailed") -> Generation | None:
-    """Fail the generation and refund everything it still holds; None if already final."""
-    async with rt.sessionmaker() as session, session.begin():
-        generation = await session.get(Generation, generation_id, with_for_update=True)
-        if generation is None or generation.status in FINAL_STATUSES:
-            return None
-        owed = generation.credits_requested - generation.credits_refunded
-        if owed > 0:
-            await credits.refund(session, generation.user_id, generation_id, owed,
-                                 note="generation failed")
-        generation.credits_refunded = generation.credits_requested
-        generation.status = "failed"
-        generation.error_code = code
-        generation.error_message = message
-        generation.completed_at = utcnow()
-    metrics.credits_refunded.inc(owed)
-    return generation
-
-
 async def discard_undelivered(rt: Runtime, generation_id: str) -> None:
-    """Delete image objects a final generation does not deliver (left by an earlier attempt
-    that stored more images, or by a failed one), so the bucket holds only what is billed."""
     try:
         async with rt.reader() as session:
             generation = await session.get(Generation, generation_id)
-            if generation is None or generation.status not in FINAL_STATUSES:
+            if generation is None or not generation.status.is_final:
                 return
-            delivered = set(await session.scalars(
-                select(GenerationImage.storage_key)
-                .where(GenerationImage.generation_id == generation_id)))
-        if len(delivered) == generation.n:
-            return
-        await rt.storage.delete([
-            key for index in range(generation.n) for content_type in EXTENSIONS
-            if (key := image_key(generation_id, index, content_type, rt.secret)) not in delivered])
+            delivered = await generations.delivered_keys(session, generation_id)
+        await images.discard_undelivered(rt.storage, rt.secret, generation_id, generation.n,
+                                         delivered)
     except Exception as exc:  # harmless leftovers: the generation is final and billed
         log.warning("generation %s: could not delete undelivered images: %s",
                     generation_id, exc)
+
+
+async def discard_references(rt: Runtime, generation: Generation) -> None:
+    """A final generation's reference images are deleted (the sweep retries what fails)."""
+    try:
+        async with rt.reader() as session:
+            rows = await generations.references_of(session, generation)
+        if rows and await images.discard(rt.storage, [row.storage_key for row in rows]):
+            async with rt.transaction() as session:
+                await generations.forget_references(session, generation.id)
+    except Exception as exc:
+        log.warning("generation %s: could not delete its references: %s", generation.id, exc)
 
 
 async def announce(rt: Runtime, generation_id: str) -> None:
@@ -255,6 +174,26 @@ async def announce(rt: Runtime, generation_id: str) -> None:
     except Exception as exc:  # waiters re-check the database on their own
         log.warning("could not announce %s: %s", generation_id, exc)
 
+
+async def enqueue_or_refund(rt: Runtime, generation_id: str) -> None:
+    """Queue the first attempt of a just-committed generation. One that cannot be queued is
+    failed and refunded at once, and its Idempotency-Key released, so the client's retry starts
+    afresh; the caller answers 503."""
+    try:
+        await rt.queue.enqueue(generation_id, 1)
+    except QueueUnavailable as exc:
+        log.warning("enqueue of %s failed: %s", generation_id, exc)
+        async with rt.transaction() as session:
+            final = await generations.finish_failed(session, generation_id,
+                                                    "the job queue is unavailable",
+                                                    ErrorCode.SERVICE_UNAVAILABLE)
+            await generations.release_idempotency_key(session, generation_id)
+        await conclude(rt, generation_id, final, attempt=1)
+        raise ServiceUnavailable(
+            "the job queue is unavailable; the credits were refunded, retry later") from None
+
+
+# --- the sweep ---------------------------------------------------------------------------------
 
 @dataclass
 class SweepReport:
@@ -268,42 +207,35 @@ async def sweep(rt: Runtime) -> SweepReport:
     - past the deadline since creation: failed and refunded;
     - running with a stale heartbeat (the worker died): re-enqueued, up to MAX_ATTEMPTS;
     - queued with no job in the queue (lost on the way): re-enqueued, up to MAX_ATTEMPTS.
+    Then final generations whose reference images are still stored have them deleted.
     """
     settings = rt.settings
     now = utcnow()
     stale_before = now - timedelta(seconds=settings.stale_after_s)
+    too_old = now - timedelta(seconds=settings.generation_deadline_s)
     report = SweepReport()
     metrics.sweeps.inc()
-    async with rt.sessionmaker() as session:
-        rows = (await session.execute(
-            select(Generation.id, Generation.status, Generation.attempts, Generation.created_at,
-                   Generation.heartbeat_at)
-            .where(Generation.status.in_(("queued", "running")))
-            .order_by(Generation.created_at).limit(1000))).all()
-    for gen_id, status, attempts, created_at, beat in rows:
-        if created_at < now - timedelta(seconds=settings.generation_deadline_s):
-            failed = await finish_failed(rt, gen_id, "the generation did not finish in time")
-            if failed:
+    async with rt.reader() as session:
+        candidates = await generations.unfinished(session)
+    for gen in candidates:
+        if gen.created_at < too_old:
+            if await fail(rt, gen.id, "the generation did not finish in time",
+                          attempt=gen.attempts):
                 report.failed += 1
-                await announce(rt, gen_id)
-                log_job(rt, failed, attempts, 0.0)
-                await discard_undelivered(rt, gen_id)
             continue
-        if (beat or created_at) >= stale_before:
+        if (gen.heartbeat_at or gen.created_at) >= stale_before:
             continue
-        if status == "queued" and await rt.queue.is_pending(gen_id, attempts):
+        if gen.status == GenerationStatus.QUEUED and await rt.queue.is_pending(gen.id,
+                                                                             gen.attempts):
             continue
-        if attempts >= MAX_ATTEMPTS:
-            failed = await finish_failed(rt, gen_id, f"the generation was interrupted "
-                                                     f"{attempts} times and was given up")
-            if failed:
+        if gen.attempts >= MAX_ATTEMPTS:
+            message = f"the generation was interrupted {gen.attempts} times and was given up"
+            if await fail(rt, gen.id, message, attempt=gen.attempts):
                 report.failed += 1
-                await announce(rt, gen_id)
-                log_job(rt, failed, attempts, 0.0)
-                await discard_undelivered(rt, gen_id)
             continue
-        if await requeue(rt, gen_id, attempts):
+        if await requeue(rt, gen.id, gen.attempts):
             report.requeued += 1
+    await clean_references(rt, ended_before=now - REFERENCE_CLEANUP_AFTER)
     metrics.sweep_actions.labels("requeued").inc(report.requeued)
     metrics.sweep_actions.labels("failed").inc(report.failed)
     if report.requeued or report.failed:
@@ -312,16 +244,20 @@ async def sweep(rt: Runtime) -> SweepReport:
 
 
 async def requeue(rt: Runtime, generation_id: str, attempts: int) -> bool:
-    async with rt.sessionmaker() as session, session.begin():
-        moved = await session.execute(
-            update(Generation)
-            .where(Generation.id == generation_id, Generation.attempts == attempts,
-                   Generation.status.in_(("queued", "running")))
-            .values(attempts=attempts + 1, status="queued", heartbeat_at=utcnow()))
-    if moved.rowcount != 1:
-        return False
-    await rt.queue.enqueue(generation_id, attempts + 1)
-    return True
+    async with rt.transaction() as session:
+        moved = await generations.mark_requeued(session, generation_id, attempts)
+    if moved:
+        await rt.queue.enqueue(generation_id, attempts + 1)
+    return moved
+
+
+async def clean_references(rt: Runtime, *, ended_before: datetime) -> None:
+    """References of final generations that `conclude` could not delete (storage was down, or
+    the process died in between)."""
+    async with rt.reader() as session:
+        leftovers = await generations.final_with_references(session, ended_before=ended_before)
+    for generation in leftovers:
+        await discard_references(rt, generation)
 
 
 async def sweep_forever(rt: Runtime) -> None:

@@ -1,180 +1,283 @@
-"""Accepting a generation: idempotency, reference storage, the charge, the enqueue, the wait."""
+"""A generation's life in the database: accept (with its charge), claim, heartbeat, finish (with
+its refund), requeue, read. Every function works in the session it is given and never commits:
+the endpoint or the job wrapper (`jobs.py`) owns the transaction.
+
+Finishing locks the generation row and does nothing if it is already final, so a job that runs
+twice never refunds twice.
+"""
 
 import asyncio
-import logging
 from dataclasses import dataclass
+from datetime import datetime
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
-from app import credits, metrics
-from app.api_keys import Principal
+from app.credits import service as credits
+from app.credits.schemas import Balance
 from app.db import utcnow
-from app.errors import IdempotencyConflict, NotFound, ServiceUnavailable
-from app.generations.inputs import GenerationInput
-from app.generations.jobs import finish_failed
-from app.generations.views import FINAL_STATUSES
+from app.errors import ErrorCode, IdempotencyConflict, NotFound
+from app.generations.request import GenerationInput
 from app.ids import new_id
-from app.jobs import QueueUnavailable
-from app.models import Generation, GenerationImage, ReferenceImage, User
-from app.runtime import Runtime
-from app.storage import StorageError, reference_key
-from app.uploads import ReferenceFile
-
-log = logging.getLogger("gih.generations")
+from app.keys.service import Principal
+from app.models import (
+    UNFINISHED_STATUSES,
+    Generation,
+    GenerationImage,
+    GenerationStatus,
+    ReferenceImage,
+    User,
+)
+from app.providers.base import GeneratedImage
+from app.queue import JobQueue
 
 RECHECK_S = 15.0  # a waiting request re-reads the database this often if no wake-up comes
+GENERATION_ID = "gen_"
 
 
 @dataclass(frozen=True)
 class Accepted:
-    generation_id: str
+    generation: Generation
     created: bool  # False: an Idempotency-Key replay of an earlier request
-    # A new generation as written, and the balance after its charge: enough to answer an
-    # async request without reading them back.
-    generation: Generation | None = None
-    balance: credits.Balance | None = None
+    balance: Balance | None = None  # after the charge, when created
 
 
-async def submit(rt: Runtime, principal: Principal, request: GenerationInput,
-                 references: list[ReferenceFile], *, idempotency_key: str | None) -> Accepted:
-    fingerprint = request.fingerprint([r.sha256 for r in references])
+async def accept(session: AsyncSession, principal: Principal, wanted: GenerationInput, *,
+                 generation_id: str, references: list[ReferenceImage], fingerprint: str,
+                 idempotency_key: str | None) -> Accepted:
+    """Write the generation, its references and its charge (InsufficientCredits: nothing is
+    written), or return the earlier generation of the same Idempotency-Key."""
+    user_id = principal.user.id
     if idempotency_key:
-        earlier = await replayed(rt, principal.user.id, idempotency_key, fingerprint)
+        earlier = await find_replay(session, user_id, idempotency_key, fingerprint)
         if earlier:
             return Accepted(earlier, created=False)
-    generation_id = new_id("gen")
-    rows = await store_references(rt, generation_id, references)
-    try:
-        async with rt.sessionmaker() as session, session.begin():
-            generation = Generation(
-                id=generation_id, user_id=principal.user.id, api_key_id=principal.key_id,
-                status="queued", model=request.model.id,
-                provider_model=request.model.provider_model, prompt=request.prompt,
-                size=request.resolved.size, aspect_ratio=request.resolved.aspect_ratio,
-                quality=request.resolved.tier, render_quality=request.resolved.render_quality,
-                output_format=request.output_format, n=request.n, is_async=request.is_async,
-                reference_count=len(rows), credits_requested=request.credits_requested,
-                idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
-                created_at=utcnow(), heartbeat_at=utcnow())
-            session.add(generation)
-            await session.flush()  # the idempotency key's uniqueness is checked here
-            session.add_all(rows)
-            balance = await credits.charge(
-                session, principal.user.id, request.credits_requested,
-                generation_id=generation_id,
-                note=f"{request.n} x {request.model.id} {request.resolved.tier}")
-    except IntegrityError:
-        await discard_references(rt, rows)
-        if idempotency_key:  # lost the race to a concurrent request with the same key
-            earlier = await replayed(rt, principal.user.id, idempotency_key, fingerprint)
+    now = utcnow()
+    generation = Generation(
+        id=generation_id, user_id=user_id, api_key_id=principal.key_id,
+        status=GenerationStatus.QUEUED, model=wanted.model.id,
+        provider_model=wanted.model.provider_model, prompt=wanted.prompt,
+        size=wanted.resolved.size, aspect_ratio=wanted.resolved.aspect_ratio,
+        quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
+        output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
+        reference_count=len(references), credits_requested=wanted.credits_requested,
+        idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
+        created_at=now, heartbeat_at=now)
+    if idempotency_key:
+        try:
+            async with session.begin_nested():  # the key's uniqueness is checked here
+                session.add(generation)
+                await session.flush()
+        except IntegrityError:  # lost the race to a concurrent request with the same key
+            earlier = await find_replay(session, user_id, idempotency_key, fingerprint)
             if earlier:
                 return Accepted(earlier, created=False)
-            raise IdempotencyConflict("a request with this Idempotency-Key is in progress") \
-                from None
-        raise
-    except BaseException:
-        await discard_references(rt, rows)
-        raise
-    metrics.generations.labels(request.model.id, "accepted",
-                               metrics.mode_of(request.is_async)).inc()
-    metrics.credits_charged.inc(request.credits_requested)
-    await enqueue_or_refund(rt, generation_id)
-    return Accepted(generation_id, created=True, generation=generation, balance=balance)
+            raise IdempotencyConflict(
+                "a request with this Idempotency-Key is in progress") from None
+    else:
+        session.add(generation)
+        await session.flush()
+    session.add_all(references)
+    balance = await credits.charge(
+        session, user_id, wanted.credits_requested, generation_id=generation_id,
+        note=f"{wanted.n} x {wanted.model.id} {wanted.resolved.tier}")
+    return Accepted(generation, created=True, balance=balance)
 
 
-async def replayed(rt: Runtime, user_id: str, idempotency_key: str,
-                   fingerprint: str) -> str | None:
-    async with rt.reader() as session:
-        row = (await session.execute(
-            select(Generation.id, Generation.request_hash)
-            .where(Generation.user_id == user_id,
-                   Generation.idempotency_key == idempotency_key))).first()
-    if row is None:
-        return None
-    if row.request_hash != fingerprint:
+async def find_replay(session: AsyncSession, user_id: str, idempotency_key: str,
+                      fingerprint: str) -> Generation | None:
+    earlier = await session.scalar(
+        select(Generation).where(Generation.user_id == user_id,
+                                 Generation.idempotency_key == idempotency_key))
+    if earlier is not None and earlier.request_hash != fingerprint:
         raise IdempotencyConflict(
             "this Idempotency-Key was already used with a different request")
-    return row.id
+    return earlier
 
 
-async def store_references(rt: Runtime, generation_id: str,
-                           references: list[ReferenceFile]) -> list[ReferenceImage]:
-    rows = []
-    try:
-        for index, ref in enumerate(references):
-            key = reference_key(generation_id, index, ref.content_type, rt.secret)
-            await rt.storage.put_file(key, ref.path, ref.content_type)
-            rows.append(ReferenceImage(generation_id=generation_id, index=index,
-                                       storage_key=key, filename=ref.filename[:255],
-                                       content_type=ref.content_type, byte_size=ref.size))
-    except StorageError as exc:
-        await discard_references(rt, rows)
-        log.warning("storing references failed: %s", exc)
-        raise ServiceUnavailable("image storage is unavailable; nothing was charged") from None
-    return rows
+async def release_idempotency_key(session: AsyncSession, generation_id: str) -> None:
+    """So that the client's retry starts afresh (used when the job could not be queued)."""
+    await session.execute(update(Generation).where(Generation.id == generation_id)
+                          .values(idempotency_key=None))
 
 
-async def discard_references(rt: Runtime, rows: list[ReferenceImage]) -> None:
-    try:
-        await rt.storage.delete([row.storage_key for row in rows])
-    except Exception as exc:  # best effort: an orphan object costs storage, not money
-        log.warning("could not delete unused references: %s", exc)
+async def claim(session: AsyncSession, generation_id: str,
+                attempt: int) -> tuple[Generation, list[ReferenceImage]] | None:
+    """Mark the generation running, unless it is final or a newer attempt owns it."""
+    generation = await session.get(Generation, generation_id, with_for_update=True)
+    if generation is None or generation.status.is_final or generation.attempts != attempt:
+        return None
+    now = utcnow()
+    generation.status = GenerationStatus.RUNNING
+    generation.started_at = generation.started_at or now
+    generation.heartbeat_at = now
+    return generation, await references_of(session, generation)
 
 
-async def enqueue_or_refund(rt: Runtime, generation_id: str) -> None:
-    """A generation that cannot be queued is failed and refunded at once, and its
-    Idempotency-Key released, so the client's retry starts afresh."""
-    try:
-        await rt.queue.enqueue(generation_id, 1)
-    except QueueUnavailable as exc:
-        log.warning("enqueue of %s failed: %s", generation_id, exc)
-        await finish_failed(rt, generation_id, "the job queue is unavailable",
-                            code="serviceUnavailable")
-        async with rt.sessionmaker() as session, session.begin():
-            await session.execute(update(Generation).where(Generation.id == generation_id)
-                                  .values(idempotency_key=None))
-        raise ServiceUnavailable(
-            "the job queue is unavailable; the credits were refunded, retry later") from None
+async def references_of(session: AsyncSession, generation: Generation) -> list[ReferenceImage]:
+    if not generation.reference_count:
+        return []
+    return list(await session.scalars(
+        select(ReferenceImage).where(ReferenceImage.generation_id == generation.id)
+        .order_by(ReferenceImage.index)))
 
 
-async def wait_until_final(rt: Runtime, generation_id: str, timeout: float) -> None:
+async def beat(session: AsyncSession, generation_id: str) -> None:
+    """Refresh the heartbeat of a running generation, so the sweep leaves it alone."""
+    await session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.status == GenerationStatus.RUNNING)
+        .values(heartbeat_at=utcnow()))
+
+
+async def finish_succeeded(session: AsyncSession, generation_id: str,
+                           images: list[GeneratedImage], keys: list[str],
+                           usage: dict[str, object] | None) -> Generation | None:
+    """Record the delivered images and refund the missing ones; None if already final."""
+    if not images:
+        return await finish_failed(session, generation_id, "the image provider returned no images")
+    generation = await session.get(Generation, generation_id, with_for_update=True)
+    if generation is None or generation.status.is_final:
+        return None
+    now = utcnow()
+    delivered = min(len(images), generation.n)
+    for index in range(delivered):
+        image = images[index]
+        session.add(GenerationImage(
+            id=new_id("img"), generation_id=generation_id, index=index,
+            storage_key=keys[index], width=image.width, height=image.height,
+            content_type=image.content_type, byte_size=len(image.data), created_at=now))
+    missing = generation.n - delivered
+    if missing:
+        owed = missing * (generation.credits_requested // generation.n)
+        await credits.refund(session, generation.user_id, generation_id, owed,
+                             note=f"{missing} of {generation.n} images not delivered")
+        generation.credits_refunded = owed
+    generation.status = GenerationStatus.SUCCEEDED
+    generation.provider_usage = usage
+    generation.completed_at = now
+    return generation
+
+
+async def finish_failed(session: AsyncSession, generation_id: str, message: str,
+                        code: ErrorCode = ErrorCode.GENERATION_FAILED) -> Generation | None:
+    """Fail the generation and refund everything it still holds; None if already final."""
+    generation = await session.get(Generation, generation_id, with_for_update=True)
+    if generation is None or generation.status.is_final:
+        return None
+    owed = generation.credits_requested - generation.credits_refunded
+    if owed > 0:
+        await credits.refund(session, generation.user_id, generation_id, owed,
+                             note="generation failed")
+    generation.credits_refunded = generation.credits_requested
+    generation.status = GenerationStatus.FAILED
+    generation.error_code = code
+    generation.error_message = message
+    generation.completed_at = utcnow()
+    return generation
+
+
+@dataclass(frozen=True)
+class Unfinished:
+    id: str
+    status: GenerationStatus
+    attempts: int
+    created_at: datetime
+    heartbeat_at: datetime | None
+
+
+async def unfinished(session: AsyncSession, limit: int = 1000) -> list[Unfinished]:
+    """Queued and running generations, oldest first (for the sweep)."""
+    rows = await session.execute(
+        select(Generation.id, Generation.status, Generation.attempts, Generation.created_at,
+               Generation.heartbeat_at)
+        .where(Generation.status.in_(UNFINISHED_STATUSES))
+        .order_by(Generation.created_at).limit(limit))
+    return [Unfinished(*row) for row in rows]
+
+
+async def mark_requeued(session: AsyncSession, generation_id: str, attempts: int) -> bool:
+    """Hand the generation to a new attempt (older attempts then do nothing); False if it
+    moved on meanwhile."""
+    moved = await session.execute(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.attempts == attempts,
+               Generation.status.in_(UNFINISHED_STATUSES))
+        .values(attempts=attempts + 1, status=GenerationStatus.QUEUED, heartbeat_at=utcnow()))
+    return moved.rowcount == 1  # type: ignore[attr-defined]
+
+
+async def delivered_keys(session: AsyncSession, generation_id: str) -> set[str]:
+    return set(await session.scalars(
+        select(GenerationImage.storage_key).where(GenerationImage.generation_id == generation_id)))
+
+
+async def final_with_references(session: AsyncSession, *, ended_before: datetime,
+                                limit: int = 100) -> list[Generation]:
+    """Final generations whose reference images are still stored (for the sweep)."""
+    return list(await session.scalars(
+        select(Generation)
+        .where(Generation.status.not_in(UNFINISHED_STATUSES),
+               Generation.completed_at < ended_before,
+               select(ReferenceImage.id)
+               .where(ReferenceImage.generation_id == Generation.id).exists())
+        .limit(limit)))
+
+
+async def forget_references(session: AsyncSession, generation_id: str) -> None:
+    """The reference rows of a final generation whose objects have been deleted."""
+    await session.execute(
+        delete(ReferenceImage).where(ReferenceImage.generation_id == generation_id))
+
+
+def is_generation_id(value: str) -> bool:
+    """The shape new_id("gen") makes; anything else cannot exist (and never reaches SQL)."""
+    body = value.removeprefix(GENERATION_ID)
+    return (value.startswith(GENERATION_ID) and 0 < len(body) <= 64
+            and body.isascii() and body.isalnum())
+
+
+async def get_for_owner(session: AsyncSession, generation_id: str,
+                        user_id: str) -> tuple[Generation, list[GenerationImage]]:
+    """A generation and its images, for its owner only (anyone else gets notFound)."""
+    generation = None
+    if is_generation_id(generation_id):
+        generation = await session.get(Generation, generation_id)
+    if generation is None or generation.user_id != user_id:
+        raise NotFound(f"no generation {generation_id[:64]}")
+    images: list[GenerationImage] = []
+    if generation.status == GenerationStatus.SUCCEEDED:  # images are written with that status
+        images = list(await session.scalars(
+            select(GenerationImage).where(GenerationImage.generation_id == generation_id)))
+    return generation, images
+
+
+async def balance_of(session: AsyncSession, user_id: str) -> Balance:
+    user = await session.get(User, user_id)
+    if user is None:
+        raise NotFound("no such user")
+    return await credits.balance(session, user)
+
+
+async def status_of(session: AsyncSession, generation_id: str) -> GenerationStatus | None:
+    return await session.scalar(select(Generation.status).where(Generation.id == generation_id))
+
+
+async def wait_until_final(reader: async_sessionmaker[AsyncSession], queue: JobQueue,
+                           generation_id: str, timeout: float) -> None:
     """Sleep until the job announces the end (or `timeout` passes), re-reading the database
-    only on a wake-up or every RECHECK_S as a fallback."""
+    only on a wake-up or every RECHECK_S as a fallback; each read on a short session, so a
+    waiting request holds no connection."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    with rt.queue.watch(generation_id) as watch:
+    with queue.watch(generation_id) as watch:
         while True:
-            if await status_of(rt, generation_id) in FINAL_STATUSES:
+            async with reader() as session:
+                status = await status_of(session, generation_id)
+            if status is not None and status.is_final:
                 return
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return
             await watch.wait(min(remaining, RECHECK_S))
-
-
-async def status_of(rt: Runtime, generation_id: str) -> str | None:
-    async with rt.reader() as session:
-        return await session.scalar(select(Generation.status)
-                                    .where(Generation.id == generation_id))
-
-
-async def load(rt: Runtime, generation_id: str, user_id: str, *, with_balance: bool = False
-               ) -> tuple[Generation, list[GenerationImage], credits.Balance | None]:
-    """A generation and its images, for its owner only (anyone else gets notFound), and the
-    owner's balance if asked."""
-    async with rt.reader() as session:
-        generation = await session.get(Generation, generation_id)
-        if generation is None or generation.user_id != user_id:
-            raise NotFound(f"no generation {generation_id}")
-        images = []
-        if generation.status == "succeeded":  # images are written with that status
-            images = list(await session.scalars(
-                select(GenerationImage).where(GenerationImage.generation_id == generation_id)))
-        balance = None
-        if with_balance:
-            user = await session.get(User, user_id)
-            if user is None:
-                raise NotFound("no such user")
-            balance = await credits.balance(session, user)
-    return generation, images, balance

@@ -18,7 +18,6 @@ FORMATS: dict[str, tuple[str, str]] = {
     "JPEG": ("jpeg", "image/jpeg"),
     "WEBP": ("webp", "image/webp"),
 }
-OUTPUT_FORMATS = frozenset(fmt for fmt, _ in FORMATS.values())
 
 
 @dataclass(frozen=True)

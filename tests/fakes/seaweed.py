@@ -173,7 +173,7 @@ class SeaweedS3:
         ]
         for service, port in self.ports.items():
             cmd += [f"-{service}.port={port}", f"-{service}.port.grpc={port + _GRPC_OFFSET}"]
-        self._out = (self._dir / "weed.out").open("wb")  # noqa: SIM115 - closed in stop()
+        self._out = (self._dir / "weed.out").open("wb")
         self._proc = subprocess.Popen(
             cmd,
             cwd=self._dir,

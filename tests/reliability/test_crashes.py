@@ -42,11 +42,11 @@ async def sql(pg_url: str, query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def ready_count(worker) -> int:  # noqa: ANN001
+def ready_count(worker) -> int:
     return worker.log_path.read_bytes().count(b"gih worker ready")
 
 
-async def restart_worker(worker) -> None:  # noqa: ANN001
+async def restart_worker(worker) -> None:
     """Start the worker and wait for *this* start to be ready (the log holds earlier ones)."""
     before = ready_count(worker)
     await asyncio.to_thread(worker.start)
@@ -57,7 +57,7 @@ async def restart_worker(worker) -> None:  # noqa: ANN001
         await asyncio.sleep(0.05)
 
 
-async def ensure_worker(worker) -> None:  # noqa: ANN001
+async def ensure_worker(worker) -> None:
     if worker.process is None or worker.process.poll() is not None:
         await restart_worker(worker)
 
@@ -109,13 +109,13 @@ async def wait_all_final(pg_url: str, ids: list[str], timeout: float, prod_env: 
         await asyncio.sleep(0.25)
 
 
-def stored_objects(s3, generation_id: str) -> list[str]:  # noqa: ANN001
+def stored_objects(s3, generation_id: str) -> list[str]:
     listing = s3.client().list_objects_v2(Bucket=S3_BUCKET, Prefix=f"generations/{generation_id}/")
     assert not listing.get("IsTruncated")
     return [item["Key"] for item in listing.get("Contents", [])]
 
 
-async def check_books(pg_url: str, s3, generations: dict[str, dict],  # noqa: ANN001
+async def check_books(pg_url: str, s3, generations: dict[str, dict],
                       balances: dict[str, int], grants: dict[str, int]) -> dict[str, int]:
     """The checks every scenario shares. `generations` maps id -> the API's generation object
     (with its user id under "_user"); `balances` maps user id -> the API's balance."""
@@ -196,7 +196,7 @@ KILLS = 4 * SOAK
 FINISH_WITHIN_S = 40  # after the last kill; the sweep acts after 4 s + 1 s in these settings
 
 
-async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake, prod_env,  # noqa: ANN001
+async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake, prod_env,
                                                       pg_url: str, s3) -> None:
     rng = random.Random(SEED)
     plan = [(rng.randrange(USERS), rng.randint(1, 4), rng.choice(("1K", "2K")),
@@ -316,7 +316,7 @@ def stop_serve(process: subprocess.Popen | None) -> None:
         process.wait(10)
 
 
-async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, prod_env,  # noqa: ANN001
+async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, prod_env,
                                                   pg_url: str, s3, tmp_path: Path) -> None:
     await ensure_worker(worker)
     rng = random.Random(SEED + 1)
@@ -466,14 +466,14 @@ class RowLock:
             await self.conn.close()
 
 
-async def wait_for(check, what: str, timeout: float = 20) -> None:  # noqa: ANN001
+async def wait_for(check, what: str, timeout: float = 20) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
         assert time.monotonic() < deadline, f"never saw {what} in {timeout:.0f} s"
         await asyncio.sleep(0.05)
 
 
-async def generation_books(prod, pg_url: str, s3, account, key: str,  # noqa: ANN001
+async def generation_books(prod, pg_url: str, s3, account, key: str,
                            generation_id: str) -> tuple[dict, dict[str, int]]:
     response = await prod.http.get(f"/api/v1/generations/{generation_id}", headers=bearer(key))
     assert response.status_code == 200, response.text
@@ -484,7 +484,7 @@ async def generation_books(prod, pg_url: str, s3, account, key: str,  # noqa: AN
     return body, figures
 
 
-async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, openai_fake,  # noqa: ANN001
+async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, openai_fake,
                                                                    prod_env, pg_url: str,
                                                                    s3) -> None:
     """The job is marked in progress in arq but its generation is still `queued` when the
@@ -532,7 +532,7 @@ async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, 
         openai_fake.reset()
 
 
-async def test_worker_killed_between_storing_images_and_finishing(prod, worker, openai_fake,  # noqa: ANN001
+async def test_worker_killed_between_storing_images_and_finishing(prod, worker, openai_fake,
                                                                   prod_env, pg_url: str,
                                                                   s3) -> None:
     """Attempt 1 stored all four images and died before finishing; attempt 2 gets one image.

@@ -63,7 +63,7 @@ def audit(pg_url: str) -> dict:
     return result
 
 
-async def ledger(client, generation_id: str) -> list[tuple[str, int]]:  # noqa: ANN001
+async def ledger(client, generation_id: str) -> list[tuple[str, int]]:
     async with client.session() as session:
         rows = await session.execute(
             select(CreditLedgerEntry.kind, CreditLedgerEntry.amount)
@@ -72,20 +72,20 @@ async def ledger(client, generation_id: str) -> list[tuple[str, int]]:  # noqa: 
         return [(kind, amount) for kind, amount in rows]
 
 
-async def generations_of(client, user_id: str) -> list[Generation]:  # noqa: ANN001
+async def generations_of(client, user_id: str) -> list[Generation]:
     async with client.session() as session:
         return list(await session.scalars(
             select(Generation).where(Generation.user_id == user_id)
             .order_by(Generation.created_at)))
 
 
-async def status_of(client, generation_id: str) -> str | None:  # noqa: ANN001
+async def status_of(client, generation_id: str) -> str | None:
     async with client.session() as session:
         return await session.scalar(select(Generation.status)
                                     .where(Generation.id == generation_id))
 
 
-async def wait_for_status(client, generation_id: str, statuses: tuple[str, ...],  # noqa: ANN001
+async def wait_for_status(client, generation_id: str, statuses: tuple[str, ...],
                           timeout: float) -> str:
     deadline = time.monotonic() + timeout
     while True:
@@ -96,7 +96,7 @@ async def wait_for_status(client, generation_id: str, statuses: tuple[str, ...],
         await asyncio.sleep(0.05)
 
 
-async def running_generation(client, timeout: float) -> str:  # noqa: ANN001
+async def running_generation(client, timeout: float) -> str:
     """The id of the (only) generation that is running, once one is."""
     deadline = time.monotonic() + timeout
     while True:
@@ -109,7 +109,7 @@ async def running_generation(client, timeout: float) -> str:  # noqa: ANN001
         await asyncio.sleep(0.05)
 
 
-async def poll_final(client, key: str, generation_id: str, timeout: float) -> dict:  # noqa: ANN001
+async def poll_final(client, key: str, generation_id: str, timeout: float) -> dict:
     """Poll through the API (as a client does) until the generation is final."""
     deadline = time.monotonic() + timeout
     while True:
@@ -123,13 +123,13 @@ async def poll_final(client, key: str, generation_id: str, timeout: float) -> di
         await asyncio.sleep(0.2)
 
 
-async def balance(client, key: str) -> int:  # noqa: ANN001
+async def balance(client, key: str) -> int:
     response = await client.http.get("/api/v1/credits", headers=bearer(key))
     assert response.status_code == 200, response.text
     return response.json()["credits"]
 
 
-async def wait_ready(client, timeout: float = 20) -> float:  # noqa: ANN001
+async def wait_ready(client, timeout: float = 20) -> float:
     started = time.monotonic()
     while True:
         response = await client.http.get("/readyz")
@@ -139,7 +139,7 @@ async def wait_ready(client, timeout: float = 20) -> float:  # noqa: ANN001
         await asyncio.sleep(0.1)
 
 
-def assert_unavailable(response) -> None:  # noqa: ANN001
+def assert_unavailable(response) -> None:
     assert response.status_code == 503, response.text
     body = response.json()
     assert body["error"]["code"] == "serviceUnavailable", body
@@ -158,7 +158,7 @@ def exited_within(worker: WorkerProcess, seconds: float) -> int | None:
 # --- a. Redis down when a generation is submitted ---------------------------------------------
 
 async def test_redis_down_at_submit_is_503_charged_and_refunded(
-        prod_env, prod_sdk_env, pg_url, tmp_path: Path) -> None:  # noqa: ANN001
+        prod_env, prod_sdk_env, pg_url, tmp_path: Path) -> None:
     redis = RedisServer(tmp_path).start()
     env = scenario_env(prod_env, GIH_REDIS_URL=redis.url)
     workers = [WorkerProcess(env, tmp_path / "worker-1.log").start()]
@@ -235,7 +235,7 @@ async def test_redis_down_at_submit_is_503_charged_and_refunded(
 # --- b. Redis goes away while a job runs, and comes back -------------------------------------
 
 async def test_redis_down_mid_job_and_back(
-        prod_env, prod_sdk_env, openai_fake, pg_url, tmp_path: Path) -> None:  # noqa: ANN001
+        prod_env, prod_sdk_env, openai_fake, pg_url, tmp_path: Path) -> None:
     """One generation running at the provider, one still waiting in the queue (the worker
     takes one job at a time) when Redis stops; Redis comes back empty (no persistence), so the
     waiting job is lost with it. Both must end, billed once; polling works throughout."""
@@ -330,7 +330,7 @@ async def test_redis_down_mid_job_and_back(
 # --- c. S3 down when the images are uploaded --------------------------------------------------
 
 async def test_s3_down_at_upload_fails_and_refunds_in_bounded_time(
-        prod_env, prod_sdk_env, openai_fake, s3, pg_url, tmp_path: Path) -> None:  # noqa: ANN001
+        prod_env, prod_sdk_env, openai_fake, s3, pg_url, tmp_path: Path) -> None:
     endpoint = urlsplit(s3.endpoint_url)
     proxy = TcpProxy(endpoint.hostname or "127.0.0.1", endpoint.port or 80).start()
     env = scenario_env(prod_env, GIH_S3_ENDPOINT_URL=f"http://127.0.0.1:{proxy.port}")
@@ -377,7 +377,7 @@ async def test_s3_down_at_upload_fails_and_refunds_in_bounded_time(
             assert ok.status_code == 200, ok.text
             assert ok.json()["status"] == "succeeded"
             url = ok.json()["images"][0]["url"]
-            with urllib.request.urlopen(url, timeout=10) as image:  # noqa: S310
+            with urllib.request.urlopen(url, timeout=10) as image:
                 assert image.read(8) == b"\x89PNG\r\n\x1a\n"
             assert await balance(client, key) == 92
         audit(pg_url)
@@ -399,7 +399,7 @@ async def test_s3_down_at_upload_fails_and_refunds_in_bounded_time(
 class Load:
     """A stream of GET /credits and async POSTs (each with an Idempotency-Key), recorded."""
 
-    def __init__(self, client, key: str) -> None:  # noqa: ANN001
+    def __init__(self, client, key: str) -> None:
         self.client = client
         self.key = key
         self.records: list[dict] = []
@@ -438,7 +438,7 @@ class Load:
 
 
 async def test_postgres_restart_under_load(
-        prod_env, prod_sdk_env, openai_fake, pg_url, tmp_path: Path) -> None:  # noqa: ANN001
+        prod_env, prod_sdk_env, openai_fake, pg_url, tmp_path: Path) -> None:
     target = urlsplit(pg_url)
     proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 5432).start()
     env = scenario_env(prod_env, GIH_DATABASE_URL=with_port(pg_url, proxy.port))

@@ -172,7 +172,7 @@ def raw_post(api: Api, body: bytes, extra_headers: bytes = b"",
             + body)
 
 
-def measure(api: Api, name: str, action) -> tuple[object, float, float]:  # noqa: ANN001
+def measure(api: Api, name: str, action) -> tuple[object, float, float]:
     """Run action() and return (its result, seconds, peak RSS growth of the server in MB)."""
     reset_peak(api.pid)
     before = peak_rss_mb(api.pid)
@@ -247,7 +247,7 @@ def test_10_mb_json_body_is_answered_before_it_is_all_read(untouched: Api,
     json.dumps(BASE).encode()[:-1] + b', "n": ' + b'{"n":' * 50_000 + b"1" + b"}" * 50_000
     + b"}",
 ], ids=["nested objects", "nested in an unknown field", "nested in n"])
-async def test_deeply_nested_json(pg, body: bytes) -> None:  # noqa: ANN001
+async def test_deeply_nested_json(pg, body: bytes) -> None:
     user, key = await pg.user_with_key(100)
     started = time.monotonic()
     response = await pg.http.post("/api/v1/images/generations", content=body,
@@ -264,7 +264,7 @@ async def test_deeply_nested_json(pg, body: bytes) -> None:  # noqa: ANN001
     b'{"model": "gpt-image-2", "prompt": "cut \xe0\xb8"}',  # a truncated sequence
     b'{"model": "gpt-image-2", "prompt": "\xf8\x88\x80\x80\x80"}',  # 5-byte form
 ], ids=["latin-1", "overlong", "surrogate bytes", "truncated", "five-byte"])
-async def test_invalid_utf8_inside_json_strings(pg, body: bytes) -> None:  # noqa: ANN001
+async def test_invalid_utf8_inside_json_strings(pg, body: bytes) -> None:
     user, key = await pg.user_with_key(100)
     response = await pg.http.post("/api/v1/images/generations", content=body,
                                   headers={**bearer(key), "Content-Type": "application/json"})
@@ -333,7 +333,7 @@ def test_a_thousand_multipart_parts(untouched: Api, what: str) -> None:
     form_part("x", b"value", disposition=False),
 ], ids=["text part without name", "file part without name", "empty name",
         "no Content-Disposition"])
-async def test_multipart_part_without_a_name(pg, part: bytes) -> None:  # noqa: ANN001
+async def test_multipart_part_without_a_name(pg, part: bytes) -> None:
     user, key = await pg.user_with_key(100)
     response = await pg.http.post("/api/v1/images/generations", content=form(*BASE_PARTS, part),
                                   headers={**bearer(key), "Content-Type": MULTIPART})
@@ -378,7 +378,7 @@ def truncated_cases() -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("case", list(truncated_cases()))
-async def test_truncated_and_corrupt_references(pg, case: str) -> None:  # noqa: ANN001
+async def test_truncated_and_corrupt_references(pg, case: str) -> None:
     user, key = await pg.user_with_key(100)
     data = truncated_cases()[case]
     response = await pg.http.post(
@@ -388,7 +388,7 @@ async def test_truncated_and_corrupt_references(pg, case: str) -> None:  # noqa:
     await assert_nothing_charged(pg, user, key, 100)
 
 
-async def test_references_go_by_content_whatever_they_are_called(pg) -> None:  # noqa: ANN001
+async def test_references_go_by_content_whatever_they_are_called(pg) -> None:
     _, key = await pg.user_with_key(100)
     files = [
         ("reference_image", ("photo.jpg", PNG_BYTES, "image/jpeg")),
@@ -405,7 +405,7 @@ async def test_references_go_by_content_whatever_they_are_called(pg) -> None:  #
         assert generation.reference_count == 4
 
 
-async def test_a_gif_called_png_is_refused(pg) -> None:  # noqa: ANN001
+async def test_a_gif_called_png_is_refused(pg) -> None:
     user, key = await pg.user_with_key(100)
     gif = io.BytesIO()
     Image.new("RGB", (8, 8)).save(gif, "GIF")
@@ -515,7 +515,7 @@ UNICODE_PROMPTS = {
 
 
 @pytest.mark.parametrize("name", list(UNICODE_PROMPTS))
-async def test_unicode_prompts_round_trip(pg, name: str) -> None:  # noqa: ANN001
+async def test_unicode_prompts_round_trip(pg, name: str) -> None:
     _, key = await pg.user_with_key(100)
     prompt = UNICODE_PROMPTS[name]
     response = await pg.http.post("/api/v1/images/generations", headers=bearer(key),
@@ -527,7 +527,7 @@ async def test_unicode_prompts_round_trip(pg, name: str) -> None:  # noqa: ANN00
 
 
 @pytest.mark.parametrize("prompt", ["a\u0000b", "\u0000"], ids=["NUL inside", "only NUL"])
-async def test_nul_in_a_prompt_is_refused(pg, prompt: str) -> None:  # noqa: ANN001
+async def test_nul_in_a_prompt_is_refused(pg, prompt: str) -> None:
     """PostgreSQL text cannot hold U+0000: a 400 naming the field, nothing charged; not 500."""
     user, key = await pg.user_with_key(100)
     response = await pg.http.post("/api/v1/images/generations", headers=bearer(key),
@@ -537,7 +537,7 @@ async def test_nul_in_a_prompt_is_refused(pg, prompt: str) -> None:  # noqa: ANN
 
 
 @pytest.mark.parametrize("field", ["prompt", "model", "size", "quality"])
-async def test_lone_surrogates_are_refused(pg, field: str) -> None:  # noqa: ANN001
+async def test_lone_surrogates_are_refused(pg, field: str) -> None:
     """`"\\ud800"` is valid JSON but not a Unicode string: it cannot be stored or encoded as
     UTF-8, so it must be a 400, not a crash in the database driver."""
     user, key = await pg.user_with_key(100)
@@ -565,7 +565,7 @@ LIMIT_CASES = {
 
 
 @pytest.mark.parametrize("case", list(LIMIT_CASES))
-async def test_prompt_limit_is_32000_characters_after_trimming(pg, case: str) -> None:  # noqa: ANN001
+async def test_prompt_limit_is_32000_characters_after_trimming(pg, case: str) -> None:
     user, key = await pg.user_with_key(100)
     prompt, accepted = LIMIT_CASES[case]
     response = await pg.http.post("/api/v1/images/generations", headers=bearer(key),

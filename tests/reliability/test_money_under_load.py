@@ -34,8 +34,10 @@ import asyncpg
 import httpx2
 import pytest
 
-from app import api_keys, credits, users
+from app.accounts import service as users
+from app.credits import service as credits
 from app.db import create_engine, create_sessionmaker
+from app.keys import service as api_keys
 from tests.conftest import settings_from_env
 from tests.fakes.processes import start_serve
 from tests.test_cli import run
@@ -63,7 +65,7 @@ SERVE_LOG: dict[str, Path] = {}
 
 
 @pytest.fixture(scope="module")
-def money_api(prod_env: dict[str, str], worker,  # noqa: ANN001
+def money_api(prod_env: dict[str, str], worker,
               tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """Our own `gih serve --workers 2` in production mode (the session's worker runs the jobs)."""
     log = tmp_path_factory.mktemp("money-serve") / "serve.log"
@@ -335,7 +337,7 @@ class Outcome:
 
 
 async def run_load(base: str, pg_url: str, prod_env: dict[str, str], label: str,
-                   seed: int, openai_fake) -> Outcome:  # noqa: ANN001
+                   seed: int, openai_fake) -> Outcome:
     rng = random.Random(seed)
     calls = make_plan(rng, label)
     grants = [max(16, round(GRANT_SHARE * planned_cost(calls, u))) for u in range(USERS)]
@@ -603,7 +605,7 @@ async def check_money(base: str, pg_url: str, out: Outcome) -> list[str]:
 
 
 async def load_and_check(label: str, seed: int, base: str, pg_url: str,
-                         prod_env: dict[str, str], openai_fake) -> Outcome:  # noqa: ANN001
+                         prod_env: dict[str, str], openai_fake) -> Outcome:
     out = await run_load(base, pg_url, prod_env, label, seed, openai_fake)
     print("\n" + figures(label, out), flush=True)
     problems = out.samples.problems[:10] + out.poll_problems[:10]
@@ -626,7 +628,7 @@ async def load_and_check(label: str, seed: int, base: str, pg_url: str,
 
 
 async def test_money_adds_up_under_200_concurrent_requests(
-        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:  # noqa: ANN001
+        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
     openai_fake.reset()
     openai_fake.configure(latency_ms=50)
     try:
@@ -643,7 +645,7 @@ async def test_money_adds_up_under_200_concurrent_requests(
 
 
 async def test_money_adds_up_when_the_upstream_fails_30_percent(
-        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:  # noqa: ANN001
+        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
     openai_fake.reset()
     openai_fake.configure(latency_ms=50, fail_rate=0.3, fewer_rate=0.2, seed=424242)
     try:

@@ -79,7 +79,7 @@ def accounts(pg_url: str) -> dict[str, Any]:
 
 
 @schemathesis.check
-def contract_envelope(ctx, response, case) -> bool:  # noqa: ANN001
+def contract_envelope(ctx, response, case) -> bool:
     """The contract's rules that a JSON Schema cannot state."""
     status = response.status_code
     label = f"{case.operation.label} -> {status}"
@@ -167,7 +167,7 @@ def steered(document: dict[str, Any], catalog: dict[str, Any],
 
 
 @pytest.fixture(scope="module")
-def app(pg_url: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
+def app(pg_url: str, tmp_path_factory: pytest.TempPathFactory):
     # Hypothesis keeps caches in ./.hypothesis unless told otherwise: not in the repository.
     set_hypothesis_home_dir(str(tmp_path_factory.mktemp("hypothesis")))
     app = create_app(make_settings(pg_url, sync_timeout_s=20))
@@ -176,13 +176,13 @@ def app(pg_url: str, tmp_path_factory: pytest.TempPathFactory):  # noqa: ANN201
 
 
 @pytest.fixture(scope="module")
-def as_served(app, accounts):  # noqa: ANN001, ANN201
+def as_served(app, accounts):
     return schemathesis.openapi.from_asgi("/openapi.json", app, config=config(accounts["key"]))
 
 
 @pytest.fixture(scope="module")
-def steered_schema(app, as_served, accounts):  # noqa: ANN001, ANN201
-    catalog = app.state.catalog.to_api()
+def steered_schema(app, as_served, accounts):
+    catalog = app.state.runtime.catalog.listing().model_dump()
     schema = schemathesis.openapi.from_dict(
         steered(as_served.raw_schema, catalog, accounts["ids"]),
         config=config(accounts["key"], mode="positive"))
@@ -190,7 +190,7 @@ def steered_schema(app, as_served, accounts):  # noqa: ANN001, ANN201
     return schema
 
 
-def run_engine(schema) -> tuple[list[str], int]:  # noqa: ANN001
+def run_engine(schema) -> tuple[list[str], int]:
     """Run schemathesis' engine (what its CLI runs) and return the failures it found."""
     failures: list[str] = []
     requests = 0
@@ -214,32 +214,32 @@ def run_engine(schema) -> tuple[list[str], int]:  # noqa: ANN001
 
 
 @pytest.fixture(scope="module")
-def served_run(as_served) -> tuple[list[str], int, float]:  # noqa: ANN001
+def served_run(as_served) -> tuple[list[str], int, float]:
     started = time.monotonic()
     failures, requests = run_engine(as_served)
     return failures, requests, time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
-def steered_run(steered_schema) -> tuple[list[str], int, float]:  # noqa: ANN001
+def steered_run(steered_schema) -> tuple[list[str], int, float]:
     started = time.monotonic()
     failures, requests = run_engine(steered_schema)
     return failures, requests, time.monotonic() - started
 
 
-def test_document_as_served(served_run) -> None:  # noqa: ANN001
+def test_document_as_served(served_run) -> None:
     failures, requests, seconds = served_run
     print(f"\nfuzzing the served document: {requests} requests in {seconds:.1f} s")
     assert not failures, "\n".join(dict.fromkeys(failures))
 
 
-def test_document_steered_to_accepted_requests(steered_run) -> None:  # noqa: ANN001
+def test_document_steered_to_accepted_requests(steered_run) -> None:
     failures, requests, seconds = steered_run
     print(f"\nfuzzing the steered document: {requests} requests in {seconds:.1f} s")
     assert not failures, "\n".join(dict.fromkeys(failures))
 
 
-def test_the_runs_reached_the_success_paths(served_run, steered_run) -> None:  # noqa: ANN001
+def test_the_runs_reached_the_success_paths(served_run, steered_run) -> None:
     """Print what the two runs reached (for docs/reliability.md), and that they reached the
     success paths, not only the 400s."""
     print("\nstatus codes seen by the fuzzer, per operation:")

@@ -1,106 +1,14 @@
-"""Where images live: S3-compatible object storage, or local disk served by the API.
-
-Object keys are deterministic per generation and index, so a re-run overwrites rather than
-duplicates, and carry an HMAC token so a URL cannot be guessed from a generation id.
-"""
+"""Images in an S3-compatible bucket."""
 
 import asyncio
-import hashlib
-import hmac
 import logging
 import os
-import shutil
 from pathlib import Path
-from typing import Protocol
 
 from app.config import Settings
+from app.storage.base import StorageError
 
 log = logging.getLogger("gih.storage")
-
-EXTENSIONS = {"image/png": "png", "image/jpeg": "jpg", "image/webp": "webp"}
-CONTENT_TYPES = {ext: ct for ct, ext in EXTENSIONS.items()}
-
-
-class StorageError(Exception):
-    """Storage is unreachable or refused the operation (after bounded retries)."""
-
-
-class Storage(Protocol):
-    async def put_file(self, key: str, path: Path, content_type: str) -> None: ...
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None: ...
-    async def get_file(self, key: str, path: Path) -> None: ...
-    async def delete(self, keys: list[str]) -> None: ...
-    def url(self, key: str) -> str: ...
-    async def check(self) -> None: ...
-
-
-def generation_prefix(generation_id: str, secret: bytes) -> str:
-    token = hmac.new(secret, generation_id.encode(), hashlib.sha256).hexdigest()[:24]
-    return f"generations/{generation_id}/{token}"
-
-
-def image_key(generation_id: str, index: int, content_type: str, secret: bytes) -> str:
-    return f"{generation_prefix(generation_id, secret)}/{index}.{EXTENSIONS[content_type]}"
-
-
-def reference_key(generation_id: str, index: int, content_type: str, secret: bytes) -> str:
-    prefix = generation_prefix(generation_id, secret)
-    return f"{prefix}/reference-{index}.{EXTENSIONS[content_type]}"
-
-
-class LocalStorage:
-    """Files under one directory; the API serves them at /files/<key>."""
-
-    def __init__(self, root: Path, base_url: str) -> None:
-        self.root = root.resolve()
-        self.base_url = base_url.rstrip("/")
-
-    def path(self, key: str) -> Path:
-        path = (self.root / key).resolve()
-        if not path.is_relative_to(self.root) or path == self.root:
-            raise StorageError(f"bad storage key {key!r}")
-        return path
-
-    async def put_file(self, key: str, path: Path, content_type: str) -> None:
-        await asyncio.to_thread(self._copy, path, self.path(key))
-
-    async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await asyncio.to_thread(self._write, self.path(key), data)
-
-    async def get_file(self, key: str, path: Path) -> None:
-        source = self.path(key)
-        if not source.is_file():
-            raise StorageError(f"missing object {key}")
-        await asyncio.to_thread(shutil.copyfile, source, path)
-
-    async def delete(self, keys: list[str]) -> None:
-        for key in keys:
-            self.path(key).unlink(missing_ok=True)
-
-    def url(self, key: str) -> str:
-        return f"{self.base_url}/files/{key}"
-
-    async def check(self) -> None:
-        await asyncio.to_thread(self._check)
-
-    def _check(self) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        if not os.access(self.root, os.W_OK):
-            raise StorageError(f"{self.root} is not writable")
-
-    @staticmethod
-    def _write(target: Path, data: bytes) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(target)  # atomic: a reader never sees half an image
-
-    @staticmethod
-    def _copy(source: Path, target: Path) -> None:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
-        shutil.copyfile(source, tmp)
-        tmp.replace(target)
 
 
 class S3Storage:
@@ -195,9 +103,3 @@ class S3Storage:
                     raise
         except Exception as exc:
             raise StorageError(f"S3 unreachable: {exc}") from exc
-
-
-def create_storage(settings: Settings) -> Storage:
-    if settings.storage == "s3":
-        return S3Storage(settings)
-    return LocalStorage(settings.local_storage_dir, settings.base_url)

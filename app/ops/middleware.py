@@ -1,4 +1,5 @@
-"""Per-request bookkeeping: the request id (X-Request-ID), one JSON log line, HTTP metrics."""
+"""Per-request bookkeeping, as pure ASGI: the request id (X-Request-ID), one JSON log line, HTTP
+metrics, the error envelope for what escapes the handlers, and HEAD answered as GET."""
 
 import logging
 import re
@@ -8,13 +9,19 @@ from typing import Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
-from app.error_handlers import crash_response
-from app.logs import request_id
+from app.ops import metrics
+from app.ops.error_handlers import crash_response
+from app.ops.logs import request_id
 
 log = logging.getLogger("gih.request")
 
 VALID_REQUEST_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+HEAD_FLAG = "gih.head_request"
+
+
+def is_head_request(scope: Scope) -> bool:
+    """A HEAD the router serves as GET (a response may then skip producing its body)."""
+    return bool(scope.get(HEAD_FLAG))
 
 
 def incoming_request_id(scope: Scope) -> str:
@@ -40,6 +47,9 @@ class RequestMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        method = scope["method"]
+        if method == "HEAD":  # every GET route answers HEAD: the same headers, no body
+            scope = {**scope, "method": "GET", HEAD_FLAG: True}
         rid = incoming_request_id(scope)
         token = request_id.set(rid)
         started = time.perf_counter()
@@ -53,6 +63,8 @@ class RequestMiddleware:
                 status = message["status"]
                 response_started = True
                 message["headers"] = [*message.get("headers", []), header]
+            elif method == "HEAD" and message["type"] == "http.response.body":
+                message = {**message, "body": b""}
             await send(message)
 
         try:
@@ -67,7 +79,6 @@ class RequestMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             route = getattr(scope.get("route"), "path", None) or "unmatched"
-            method = scope["method"]
             metrics.http_requests.labels(method, route, str(status)).inc()
             metrics.http_latency.labels(method, route).observe(elapsed)
             fields = scope.get("state", {}).get("log_fields", {})

@@ -1,16 +1,17 @@
-"""Streaming multipart/form-data parsing for generation requests, with reference-image checks."""
+"""Streaming multipart/form-data parsing for generation requests, with reference-image checks:
+every limit is enforced while the body streams, files go to temp files, never whole to memory."""
 
 import asyncio
 import hashlib
 import os
 import re
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from PIL import Image, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
+from PIL import ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
@@ -19,7 +20,7 @@ REFERENCE_NAMES = (PARAM, "reference_image[]")
 BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,255}[0-9A-Za-z'()+_,\-./:=?]")
 # Plugin classes are used directly: Image.open() would emit a DecompressionBombWarning (or
 # need the global Image.MAX_IMAGE_PIXELS changed); we check the pixel count ourselves instead.
-PLUGINS: dict[str, type[Image.Image]] = {
+PLUGINS: dict[str, type[ImageFile.ImageFile]] = {
     "image/png": PngImagePlugin.PngImageFile,
     "image/jpeg": JpegImagePlugin.JpegImageFile,
     "image/webp": WebPImagePlugin.WebPImageFile,
@@ -42,8 +43,6 @@ class ReferenceFile:
     content_type: str
     size: int
     sha256: str
-    width: int = 0
-    height: int = 0
 
 
 @dataclass
@@ -63,9 +62,8 @@ def sniff_image_type(head: bytes) -> str | None:
     return None
 
 
-def check_image(path: Path, expected_type: str, max_pixels: int,
-                label: str = "image") -> tuple[int, int]:
-    """Open and verify an image with Pillow (blocking: run it in a thread); return (w, h)."""
+def check_image(path: Path, expected_type: str, max_pixels: int, label: str = "image") -> None:
+    """Open and verify an image with Pillow (blocking: run it in a thread)."""
     try:
         plugin = PLUGINS[expected_type]
         with plugin(path) as im:
@@ -80,7 +78,6 @@ def check_image(path: Path, expected_type: str, max_pixels: int,
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
         raise UploadError(f"{label} is not a decodable image ({exc})", PARAM) from exc
-    return width, height
 
 
 def clean_filename(raw: str) -> str:
@@ -114,7 +111,7 @@ class FormReader:
         self.ended = False
         self.file: BinaryIO | None = None
 
-    def callbacks(self) -> dict:
+    def callbacks(self) -> dict[str, Callable[..., None]]:
         return {"on_part_begin": self.part_begin, "on_header_field": self.header_field,
                 "on_header_value": self.header_value, "on_header_end": self.header_end,
                 "on_headers_finished": self.headers_finished, "on_part_data": self.part_data,
@@ -251,8 +248,8 @@ async def parse_multipart(stream: AsyncIterator[bytes], content_type_header: str
             while reader.pending:
                 index, ref = reader.pending.pop(0)
                 label = f"reference_image #{index}"
-                ref.width, ref.height = await asyncio.to_thread(
-                    check_image, ref.path, ref.content_type, max_pixels, label)
+                await asyncio.to_thread(check_image, ref.path, ref.content_type, max_pixels,
+                                        label)
             if reader.ended:
                 break
         if not reader.ended:

@@ -11,27 +11,15 @@ from datetime import datetime
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from app.credits.schemas import Balance, NextExpiration
 from app.db import utcnow
-from app.errors import ApiError, InsufficientCredits, NotFound
-from app.models import CreditLedgerEntry, CreditLot, User
+from app.errors import InsufficientCredits, NotFound
+from app.models import CreditLedgerEntry, CreditLot, LedgerKind, User
 
 
-class AlreadyRefunded(ApiError):
-    status = 409
-    code = "alreadyRefunded"
-
-
-@dataclass(frozen=True)
-class Expiration:
-    credits: int
-    expires_at: datetime
-
-
-@dataclass(frozen=True)
-class Balance:
-    credits: int
-    account_type: str
-    next_expiration: Expiration | None
+class AlreadyRefunded(Exception):
+    """A second refund of one generation: a bug in the caller, refused (the ledger's unique
+    index would refuse it too)."""
 
 
 async def lock_user(session: AsyncSession, user_id: str) -> User:
@@ -60,7 +48,8 @@ async def grant(session: AsyncSession, user_id: str, amount: int, *,
                     source=source, note=note, created_at=now)
     session.add(lot)
     await session.flush()
-    session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind="grant", amount=amount,
+    session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind=LedgerKind.GRANT,
+                                  amount=amount,
                                   note=note, created_at=now))
     user.credits += amount
     await session.flush()
@@ -93,7 +82,8 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
         take = min(left, lot.remaining)
         lot.remaining -= take
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, generation_id=generation_id,
-                                      kind="charge", amount=-take, note=note, created_at=now))
+                                      kind=LedgerKind.CHARGE, amount=-take, note=note,
+                                      created_at=now))
         left -= take
         if left == 0:
             break
@@ -109,14 +99,15 @@ def _expired(lot: CreditLot, now: datetime) -> bool:
     return lot.expires_at is not None and lot.expires_at <= now
 
 
-def _next_expiration(lots: list[CreditLot]) -> Expiration | None:
+def _next_expiration(lots: list[CreditLot]) -> NextExpiration | None:
     """The soonest expiry among live lots, and all credits expiring at that moment."""
-    dated = [lot for lot in lots if lot.remaining > 0 and lot.expires_at is not None]
+    dated = [(lot.expires_at, lot.remaining) for lot in lots
+             if lot.remaining > 0 and lot.expires_at is not None]
     if not dated:
         return None
-    soonest = min(lot.expires_at for lot in dated)
-    return Expiration(credits=sum(lot.remaining for lot in dated if lot.expires_at == soonest),
-                      expires_at=soonest)
+    soonest = min(when for when, _ in dated)
+    return NextExpiration(credits=sum(left for when, left in dated if when == soonest),
+                          expires_at=soonest)
 
 
 async def refund(session: AsyncSession, user_id: str, generation_id: str, amount: int, *,
@@ -131,22 +122,24 @@ async def refund(session: AsyncSession, user_id: str, generation_id: str, amount
     now = utcnow()
     user = await lock_user(session, user_id)
     movements = list(await session.scalars(
-        select(CreditLedgerEntry).where(CreditLedgerEntry.generation_id == generation_id,
-                                        CreditLedgerEntry.kind.in_(("charge", "refund")))))
-    if any(m.kind == "refund" for m in movements):
+        select(CreditLedgerEntry).where(
+            CreditLedgerEntry.generation_id == generation_id,
+            CreditLedgerEntry.kind.in_((LedgerKind.CHARGE, LedgerKind.REFUND)))))
+    if any(m.kind == LedgerKind.REFUND for m in movements):
         raise AlreadyRefunded(f"generation {generation_id} was already refunded")
-    charges = [m for m in movements if m.kind == "charge" and m.user_id == user.id]
+    charges = [m for m in movements if m.kind == LedgerKind.CHARGE and m.user_id == user.id
+               and m.lot_id is not None]
     if amount > -sum(m.amount for m in charges):
         raise ValueError(f"refund of {amount} exceeds the charge of generation {generation_id}")
     lots = {lot.id: lot for lot in await session.scalars(
         select(CreditLot).where(CreditLot.id.in_([m.lot_id for m in charges])).with_for_update())}
     left = amount
-    for entry in sorted(charges, key=lambda m: _latest_first(lots[m.lot_id])):
+    for entry in sorted(charges, key=lambda m: _latest_first(lots[m.lot_id or 0])):
         give = min(left, -entry.amount)
-        lots[entry.lot_id].remaining += give
+        lots[entry.lot_id or 0].remaining += give
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=entry.lot_id,
-                                      generation_id=generation_id, kind="refund", amount=give,
-                                      note=note, created_at=now))
+                                      generation_id=generation_id, kind=LedgerKind.REFUND,
+                                      amount=give, note=note, created_at=now))
         left -= give
         if left == 0:
             break
@@ -160,12 +153,6 @@ def _latest_first(lot: CreditLot) -> tuple[int, float, int]:
     if lot.expires_at is None:
         return (0, 0.0, -lot.id)
     return (1, -lot.expires_at.timestamp(), -lot.id)
-
-
-async def expire_due(session: AsyncSession, user_id: str) -> int:
-    """Write off every expired credit of one user; returns how many credits expired."""
-    user = await lock_user(session, user_id)
-    return await _expire_due(session, user, utcnow())
 
 
 async def _expire_due(session: AsyncSession, user: User, now: datetime) -> int:
@@ -184,7 +171,7 @@ def _write_off(session: AsyncSession, user: User, lots: list[CreditLot], now: da
     """Expire what is left of these (expired, locked) lots; returns the credits written off."""
     expired = 0
     for lot in lots:
-        session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind="expire",
+        session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind=LedgerKind.EXPIRE,
                                       amount=-lot.remaining, note="expired", created_at=now))
         expired += lot.remaining
         lot.remaining = 0
@@ -204,11 +191,13 @@ async def balance(session: AsyncSession, user: User) -> Balance:
         .order_by(CreditLot.expires_at))
     expired = 0
     upcoming = None
-    for expires_at, credits in rows:
+    for expires_at, credits in rows.tuples():
+        if expires_at is None:
+            continue
         if expires_at <= now:
             expired += credits
         elif upcoming is None:
-            upcoming = Expiration(credits=int(credits), expires_at=expires_at)
+            upcoming = NextExpiration(credits=int(credits), expires_at=expires_at)
     return Balance(credits=user.credits - expired, account_type=user.account_type,
                    next_expiration=upcoming)
 

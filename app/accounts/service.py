@@ -4,14 +4,9 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.errors import ApiError, NotFound
+from app.errors import DuplicateEmail, NotFound
 from app.ids import new_id
 from app.models import User
-
-
-class DuplicateEmail(ApiError):
-    status = 409
-    code = "duplicateEmail"
 
 
 def normalize_email(email: str) -> str:

@@ -9,16 +9,13 @@ import hmac
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated
 
-from fastapi import Depends, Request
 from sqlalchemy import or_, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.errors import AuthError, NotFound
+from app.errors import AuthError, ErrorCode, NotFound
 from app.ids import new_id, random_base62
-from app.middleware import note
 from app.models import ApiKey, User
 
 KEY_PREFIX = "gih_live_"
@@ -88,20 +85,20 @@ async def authenticate(session: AsyncSession, authorization: str | None, *,
                        secret: bytes) -> Principal:
     raw_key = bearer_token(authorization)
     if not KEY_PATTERN.fullmatch(raw_key):
-        raise AuthError("invalidApiKey", "API key is malformed")
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is malformed")
     key_hash = hash_key(raw_key, secret)
     row = (await session.execute(
         select(ApiKey, User).join(User, User.id == ApiKey.user_id)
         .where(ApiKey.key_hash == key_hash))).first()
     # The lookup is by hash; compare again in constant time so no timing depends on the key.
     if row is None or not hmac.compare_digest(row.ApiKey.key_hash, key_hash):
-        raise AuthError("invalidApiKey", "API key is not valid")
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
     key, user = row.ApiKey, row.User
     if key.revoked_at is not None:
-        raise AuthError("invalidApiKey", "API key has been revoked")
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key has been revoked")
     now = utcnow()
     if key.expires_at is not None and key.expires_at <= now:
-        raise AuthError("expiredApiKey", "API key has expired")
+        raise AuthError(ErrorCode.EXPIRED_API_KEY, "API key has expired")
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         await touch(session, key.id, now)
     return Principal(key_id=key.id, user=user)
@@ -119,22 +116,10 @@ async def touch(session: AsyncSession, key_id: str, now: datetime) -> None:
 
 def bearer_token(authorization: str | None) -> str:
     if not authorization:
-        raise AuthError("missingApiKey", "missing Authorization: Bearer <API key> header")
+        raise AuthError(ErrorCode.MISSING_API_KEY,
+                        "missing Authorization: Bearer <API key> header")
     scheme, _, token = authorization.strip().partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise AuthError("missingApiKey", "Authorization header must be 'Bearer <API key>'")
+        raise AuthError(ErrorCode.MISSING_API_KEY,
+                        "Authorization header must be 'Bearer <API key>'")
     return token.strip()
-
-
-async def current_principal(request: Request) -> Principal:
-    """Authenticate on a connection of its own, outside a transaction (one lookup, at most one
-    update): a request that then waits minutes for its generation holds no connection."""
-    async with request.app.state.reader() as session:
-        principal = await authenticate(session, request.headers.get("authorization"),
-                                       secret=request.app.state.key_secret)
-        await session.commit()  # SQLite's last-used update; nothing to send under autocommit
-    note(request, user_id=principal.user.id)
-    return principal
-
-
-CurrentPrincipal = Annotated[Principal, Depends(current_principal)]

@@ -10,9 +10,12 @@ import contextlib
 import logging
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-log = logging.getLogger("gih.jobs")
+if TYPE_CHECKING:
+    from arq.connections import ArqRedis
+
+log = logging.getLogger("gih.queue")
 
 DONE_CHANNEL = "gih:done:"
 JOB_FUNCTION = "run_generation"
@@ -29,14 +32,19 @@ class QueueUnavailable(Exception):
 
 
 class JobQueue(Protocol):
+    #: Jobs run in this process (embedded), so it also runs the sweep.
+    runs_jobs: bool
+
+    async def start(self, runner: Runner) -> None:
+        """Connect; `runner` runs a job, where this queue runs jobs itself."""
+
     async def enqueue(self, generation_id: str, attempt: int) -> None: ...
     async def is_pending(self, generation_id: str, attempt: int) -> bool: ...
     async def notify(self, generation_id: str) -> None: ...
     def watch(self, generation_id: str) -> "Watch": ...
     async def ping(self) -> None: ...
     async def depth(self) -> int: ...
-    async def start(self) -> None: ...
-    async def close(self, grace_s: float = 0) -> None: ...
+    async def close(self) -> None: ...
 
 
 class Watch:
@@ -90,15 +98,23 @@ class Waiters:
 class InProcessQueue:
     """Embedded mode: jobs run as tasks of this process, a few at a time."""
 
-    def __init__(self, concurrency: int = 4) -> None:
+    runs_jobs = True
+
+    def __init__(self, concurrency: int = 4, *, grace_s: float = 0) -> None:
         self.runner: Runner | None = None
+        self.grace_s = grace_s
         self.waiters = Waiters()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
 
+    async def start(self, runner: Runner) -> None:
+        self.runner = runner
+
     async def enqueue(self, generation_id: str, attempt: int) -> None:
+        if self.runner is None:
+            raise QueueUnavailable("the in-process job runner has not started")
         key = job_id(generation_id, attempt)
-        if key in self._tasks or self.runner is None:
+        if key in self._tasks:
             return
         task = asyncio.create_task(self._run(generation_id, attempt), name=key)
         self._tasks[key] = task
@@ -127,20 +143,20 @@ class InProcessQueue:
     async def depth(self) -> int:
         return len(self._tasks)
 
-    async def start(self) -> None:
-        return None
-
-    async def close(self, grace_s: float = 0) -> None:
+    async def close(self) -> None:
+        self.runner = None
         tasks = list(self._tasks.values())
-        if tasks and grace_s > 0:
-            await asyncio.wait(tasks, timeout=grace_s)
+        if tasks and self.grace_s > 0:
+            await asyncio.wait(tasks, timeout=self.grace_s)
         for task in tasks:  # cut off: the sweep picks these up at the next start
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
 class ArqQueue:
-    """Production: arq jobs in Redis, completion over Redis pub/sub."""
+    """Production: arq jobs in Redis (run by `gih worker`), completion over Redis pub/sub."""
+
+    runs_jobs = False
 
     def __init__(self, redis_url: str, *, queue_name: str = "arq:queue",
                  listen: bool = True) -> None:
@@ -148,10 +164,12 @@ class ArqQueue:
         self.queue_name = queue_name
         self.listen = listen
         self.waiters = Waiters()
-        self.pool = None
+        self.pool: ArqRedis | None = None
+        self._owns_pool = True
         self._listener: asyncio.Task[None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, runner: Runner) -> None:
+        """Connect (the runner is not used: `gih worker` runs the jobs)."""
         from arq import create_pool
         from arq.connections import RedisSettings
 
@@ -162,15 +180,16 @@ class ArqQueue:
         if self.listen:
             self._listener = asyncio.create_task(self._listen(), name="gih-done-listener")
 
-    def use_pool(self, pool: object) -> None:
-        """Share the worker's own arq connection instead of opening one."""
+    def use_pool(self, pool: "ArqRedis") -> None:
+        """Share the worker's own arq connection instead of opening one (arq closes it)."""
         self.pool = pool
+        self._owns_pool = False
 
     async def enqueue(self, generation_id: str, attempt: int) -> None:
         from redis.exceptions import RedisError
 
         try:
-            await self.pool.enqueue_job(JOB_FUNCTION, generation_id, attempt,
+            await self.redis.enqueue_job(JOB_FUNCTION, generation_id, attempt,
                                         _job_id=job_id(generation_id, attempt),
                                         _queue_name=self.queue_name)
         except (RedisError, OSError) as exc:
@@ -179,20 +198,20 @@ class ArqQueue:
     async def is_pending(self, generation_id: str, attempt: int) -> bool:
         from arq.jobs import Job, JobStatus
 
-        status = await Job(job_id(generation_id, attempt), self.pool,
+        status = await Job(job_id(generation_id, attempt), self.redis,
                            _queue_name=self.queue_name).status()
         # Not in_progress: a live worker claims its generation at once, so a queued generation
         # whose job is "in progress" past the stale deadline belongs to a dead worker.
         return status in (JobStatus.queued, JobStatus.deferred)
 
     async def notify(self, generation_id: str) -> None:
-        await self.pool.publish(DONE_CHANNEL + generation_id, "1")
+        await self.redis.publish(DONE_CHANNEL + generation_id, "1")
 
     async def ping(self) -> None:
-        await self.pool.ping()
+        await self.redis.ping()
 
     async def depth(self) -> int:
-        return int(await self.pool.zcard(self.queue_name))
+        return int(await self.redis.zcard(self.queue_name))
 
     def watch(self, generation_id: str) -> Watch:
         return self.waiters.watch(generation_id)
@@ -201,7 +220,7 @@ class ArqQueue:
         """One subscription per process for every waiting request; reconnects on failure."""
         lost = False
         while True:
-            pubsub = self.pool.pubsub()
+            pubsub = self.redis.pubsub()
             try:
                 await pubsub.psubscribe(DONE_CHANNEL + "*")
                 if lost:  # what was announced while we were away is gone: re-check now
@@ -223,10 +242,16 @@ class ArqQueue:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
 
-    async def close(self, grace_s: float = 0) -> None:
+    @property
+    def redis(self) -> "ArqRedis":
+        if self.pool is None:
+            raise QueueUnavailable("the queue is not connected")
+        return self.pool
+
+    async def close(self) -> None:
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._listener
-        if self.pool is not None:
+        if self.pool is not None and self._owns_pool:
             await self.pool.aclose()

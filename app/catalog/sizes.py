@@ -1,17 +1,17 @@
-"""Model catalog (operator-editable JSON file) and the provider's image size rules."""
+"""The provider's image size rules, and how a request's size, aspect_ratio and quality resolve
+to one concrete size and price tier (contract section 3; the table is docs/sizes.md)."""
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
-DEFAULT_CATALOG_PATH = Path(__file__).with_name("catalog.json")
+if TYPE_CHECKING:
+    from app.catalog.schemas import Model
 
 TIERS = ("1K", "2K", "4K")
 TIER_TARGET_AREA = {"1K": 1024 * 1024, "2K": 2048 * 2048, "4K": 8_294_400}
@@ -31,122 +31,6 @@ class CatalogError(Exception):
         super().__init__(message)
         self.message = message
         self.param = param
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One catalog model; field order is the API's key order."""
-
-    id: str
-    object: str
-    name: str
-    provider: str
-    provider_model: str
-    aspect_ratios: tuple[str, ...]
-    qualities: tuple[str, ...]
-    render_qualities: tuple[str, ...]
-    default_aspect_ratio: str
-    default_quality: str
-    reference_image_limit: int
-    max_images_per_request: int
-    credits_per_image: dict[str, int]
-
-    def to_api(self) -> dict[str, Any]:
-        """The per-model object of GET /api/v1/models."""
-        return json.loads(json.dumps(asdict(self)))  # tuples -> lists, deep copy
-
-
-class Catalog:
-    """Models by id, in file order."""
-
-    def __init__(self, models: Iterable[ModelSpec]) -> None:
-        self._models = {m.id: m for m in models}
-
-    def get(self, model_id: str) -> ModelSpec | None:
-        return self._models.get(model_id)
-
-    def models(self) -> list[ModelSpec]:
-        return list(self._models.values())
-
-    def to_api(self) -> dict[str, Any]:
-        return {"object": "list", "data": [m.to_api() for m in self._models.values()]}
-
-
-def load_catalog(path: str | Path | None = None) -> Catalog:
-    """Load and validate a catalog file (None: the shipped app/catalog.json)."""
-    path = Path(path) if path is not None else DEFAULT_CATALOG_PATH
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError) as exc:
-        raise CatalogError(f"catalog {path}: cannot read file: {exc}") from exc
-    except json.JSONDecodeError as exc:
-        where = f"line {exc.lineno} column {exc.colno}"
-        raise CatalogError(f"catalog {path}: invalid JSON at {where}: {exc.msg}") from exc
-    models = raw.get("models") if isinstance(raw, dict) else None
-    if not isinstance(models, list) or not models:
-        raise CatalogError(f'catalog {path}: expected {{"models": [...]}} with at least one model')
-    specs: dict[str, ModelSpec] = {}
-    for index, entry in enumerate(models, start=1):
-        spec = _build_model(entry, f"catalog {path}: model #{index}")
-        if spec.id in specs:
-            raise CatalogError(f"catalog {path}: duplicate model id {spec.id!r}")
-        specs[spec.id] = spec
-    return Catalog(specs.values())
-
-
-def _is_int(value: object, low: int) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= low
-
-
-_STRING_FIELDS = ("id", "object", "name", "provider", "provider_model")
-_LIST_FIELDS = ("aspect_ratios", "qualities", "render_qualities")
-
-
-def _build_model(entry: Any, where: str) -> ModelSpec:
-    """Validate one raw catalog entry."""
-
-    def need(ok: object, problem: str) -> None:
-        if not ok:
-            raise CatalogError(f"{where}: {problem}")
-
-    need(isinstance(entry, dict), "must be a JSON object")
-    if isinstance(entry.get("id"), str):
-        where = f"{where} ({entry['id']})"
-    names = [f.name for f in fields(ModelSpec)]
-    for name in names:
-        need(name in entry, f"missing field {name!r}")
-    need(set(entry) <= set(names), f"unknown field(s) {sorted(set(entry) - set(names))}")
-    for name in (*_STRING_FIELDS, "default_aspect_ratio", "default_quality"):
-        need(isinstance(entry[name], str) and entry[name], f"{name!r} must be a string")
-    values = dict(entry)
-    for name in _LIST_FIELDS:
-        items = entry[name]
-        ok = isinstance(items, list) and items and all(isinstance(v, str) and v for v in items)
-        need(ok and len(set(items)) == len(items), f"{name!r} must list distinct strings")
-        values[name] = tuple(items)
-    for name, low in (("reference_image_limit", 0), ("max_images_per_request", 1)):
-        need(_is_int(entry[name], low), f"{name!r} must be an integer >= {low}")
-    need(entry["object"] == "model", "'object' must be \"model\"")
-    qualities, credits = values["qualities"], entry["credits_per_image"]
-    for tier in qualities:
-        need(tier in TIERS, f"unknown tier {tier!r} in 'qualities' (known: 1K, 2K, 4K)")
-    need(not set(qualities) & set(values["render_qualities"]), "tier names in 'render_qualities'")
-    need(isinstance(credits, dict), "'credits_per_image' must be an object")
-    for tier, price in credits.items():
-        need(tier in qualities, f"unknown tier {tier!r} in 'credits_per_image'")
-        need(_is_int(price, 1), f"credits_per_image[{tier!r}] must be a positive integer")
-    for tier in qualities:
-        need(tier in credits, f"'credits_per_image' has no price for tier {tier!r}")
-    values["credits_per_image"] = {tier: credits[tier] for tier in qualities}
-    for ratio in values["aspect_ratios"]:
-        try:
-            for tier in qualities:
-                size_for(ratio, tier)
-        except CatalogError as exc:
-            need(False, f"aspect ratio {ratio!r}: {exc.message}")
-    for name, pool in (("default_aspect_ratio", "aspect_ratios"), ("default_quality", "qualities")):
-        need(entry[name] in values[pool], f"{name!r} must be one of {pool!r}")
-    return ModelSpec(**values)
 
 
 def _size_problem(width: int, height: int) -> str | None:
@@ -246,16 +130,17 @@ class ResolvedSize:
 
 
 def resolve_size(
-    model: ModelSpec, *, size: str | None, aspect_ratio: str | None, quality: str | None
+    model: Model, *, size: str | None, aspect_ratio: str | None, quality: str | None
 ) -> ResolvedSize:
     """Apply the contract's size / aspect_ratio / quality rules (section 5)."""
     render, asked = "auto", None
+    tiers: list[str] = list(model.qualities)
     if quality in model.render_qualities:
         render = quality
-    elif quality in model.qualities:
+    elif quality in tiers:
         asked = quality
     elif quality is not None:
-        allowed = ", ".join(model.render_qualities + model.qualities)
+        allowed = ", ".join(model.render_qualities + tiers)
         raise CatalogError(f"quality {quality!r} must be one of: {allowed}", "quality")
     if aspect_ratio is not None and aspect_ratio not in model.aspect_ratios:
         allowed = ", ".join(model.aspect_ratios)
@@ -264,7 +149,7 @@ def resolve_size(
         )
     if size is None or size == "auto":
         ratio = aspect_ratio or model.default_aspect_ratio
-        tier = asked or model.default_quality
+        tier: str = asked or model.default_quality
         concrete = size_for(ratio, tier)
         width, height = parse_size(concrete) or (None, None)
         return ResolvedSize(concrete, width, height, ratio, tier, render)
@@ -272,7 +157,7 @@ def resolve_size(
     tier = tier_of(width, height)
     if asked is not None and asked != tier:
         raise CatalogError(f"quality {asked} does not match size {size} ({tier})", "quality")
-    if tier not in model.qualities:
+    if tier not in tiers:
         raise CatalogError(f"size {size} is {tier}, which {model.id} does not offer", "size")
     label = ratio_label(width, height, model.aspect_ratios)
     if aspect_ratio is not None and aspect_ratio != "auto":

@@ -4,13 +4,15 @@ import asyncio
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from app import metrics
-from app.error_handlers import error_response
+from app.deps import RuntimeDep
+from app.errors import ErrorCode
+from app.ops import metrics
+from app.ops.error_handlers import error_response
 from app.runtime import Runtime
 
 router = APIRouter(include_in_schema=False)
@@ -46,28 +48,26 @@ async def _check(name: str, probe: Awaitable[Any]) -> tuple[str, str]:
 
 
 @router.get("/readyz")
-async def readyz(request: Request) -> JSONResponse:
-    rt: Runtime = request.app.state.runtime
+async def readyz(rt: RuntimeDep) -> JSONResponse:
     probes = [_check("database", _database(rt)), _check("storage", rt.storage.check())]
     if rt.settings.redis_url:
         probes.append(_check("redis", rt.queue.ping()))
     checks = dict(await asyncio.gather(*probes))
     failing = [name for name, result in checks.items() if result != "ok"]
     if failing:
-        return error_response(503, "serviceUnavailable", f"not ready: {', '.join(failing)}",
-                              checks=checks, failing=failing)
+        return error_response(503, ErrorCode.SERVICE_UNAVAILABLE,
+                              f"not ready: {', '.join(failing)}", checks=checks, failing=failing)
     return JSONResponse({"status": "ok", "checks": checks})
 
 
 @router.get("/metrics")
-async def metrics_endpoint(request: Request) -> Response:
-    rt: Runtime = request.app.state.runtime
+async def metrics_endpoint(rt: RuntimeDep) -> Response:
     extra = []
     try:
         depth = await asyncio.wait_for(rt.queue.depth(), CHECK_TIMEOUT_S)
         extra = ["# HELP gih_queue_depth Generation jobs waiting in the queue",
                  "# TYPE gih_queue_depth gauge", f"gih_queue_depth {depth}"]
-    except Exception:  # noqa: S110 - the queue being down must not hide the other metrics
+    except Exception:  # the queue being down must not hide the other metrics
         pass
     body, content_type = metrics.render(extra)
     return Response(body, media_type=content_type)

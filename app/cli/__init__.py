@@ -1,0 +1,1 @@
+"""The `gih` command (app.cli.main), one module per group of commands."""
