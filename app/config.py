@@ -55,6 +55,8 @@ class Settings(BaseSettings):
     job_concurrency: int = Field(32, ge=1, le=1000)
     worker_poll_s: float = Field(0.05, gt=0, le=5)
     shutdown_grace_s: float = Field(30.0, ge=0)
+    http_read_timeout_s: float = Field(30.0, gt=0)
+    http_body_min_rate: float = Field(1024.0, ge=0)
     db_pool_size: int = Field(10, ge=1)
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

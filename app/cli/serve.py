@@ -46,7 +46,8 @@ def serve(
     options: dict[str, Any] = {
         "host": cfg.host, "port": cfg.port, "workers": workers, "backlog": 2048,
         "log_config": None, "access_log": False, "timeout_keep_alive": 75,
-        "timeout_graceful_shutdown": int(cfg.shutdown_grace_s)}
+        "timeout_graceful_shutdown": int(cfg.shutdown_grace_s),
+        "http": "app.ops.http_protocol:GuardedHttpToolsProtocol"}
     if workers > 1:  # supervise from a fresh, small process (same pid, signals and output)
         sys.stdout.flush()
         sys.stderr.flush()
