@@ -7,7 +7,7 @@ import socket
 import stat
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -114,24 +114,39 @@ async def test_a_trailing_slash_is_not_found_and_never_redirects(any_db: Client)
 
 # 7. HEAD, media types in any case, ranges ----------------------------------------------------
 
-async def test_head_answers_every_get_route(tmp_path: Path, sqlite_url: str) -> None:
+@dataclass
+class Generated:
+    client: Client
+    key: str
+    body: dict
+
+
+@pytest.fixture
+async def generated(tmp_path: Path, sqlite_url: str) -> AsyncIterator[Generated]:
+    """An embedded app with local storage, and one generation that succeeded on it."""
     settings = make_settings(sqlite_url, local_storage_dir=tmp_path / "images")
     async with running_client(settings) as client:
         _, key = await client.user_with_key(10)
         made = await client.http.post("/api/v1/images/generations", headers=bearer(key),
                                       json=BASE)
-        image_url = made.json()["images"][0]["url"]
-        for path in ("/api/v1/models", "/api/v1/credits", f"/api/v1/generations/"
-                     f"{made.json()['id']}", "/healthz", image_url):
-            got = await client.http.get(path, headers=bearer(key))
-            head = await client.http.head(path, headers=bearer(key))
-            assert head.status_code == got.status_code == 200, (path, head.status_code)
-            assert head.content == b""
-            assert head.headers["content-type"] == got.headers["content-type"]
-            if path == image_url:
-                assert head.headers["content-length"] == str(len(got.content))
-        refused = await client.http.head("/api/v1/images/generations", headers=bearer(key))
-        assert refused.status_code == 405 and refused.headers["allow"] == "POST"
+        assert made.status_code == 200, made.text
+        yield Generated(client, key, made.json())
+
+
+async def test_head_answers_every_get_route(generated: Generated) -> None:
+    client, key, made = generated.client, generated.key, generated.body
+    image_url = made["images"][0]["url"]
+    for path in ("/api/v1/models", "/api/v1/credits", f"/api/v1/generations/{made['id']}",
+                 "/healthz", image_url):
+        got = await client.http.get(path, headers=bearer(key))
+        head = await client.http.head(path, headers=bearer(key))
+        assert head.status_code == got.status_code == 200, (path, head.status_code)
+        assert head.content == b""
+        assert head.headers["content-type"] == got.headers["content-type"]
+        if path == image_url:
+            assert head.headers["content-length"] == str(len(got.content))
+    refused = await client.http.head("/api/v1/images/generations", headers=bearer(key))
+    assert refused.status_code == 405 and refused.headers["allow"] == "POST"
 
 
 @pytest.mark.parametrize("content_type", ["APPLICATION/JSON", "Application/Json; charset=UTF-8"])
@@ -155,19 +170,14 @@ async def test_multipart_media_type_matches_in_any_case(any_db: Client) -> None:
 
 
 @pytest.mark.parametrize("header", ["bytes=99999999-", "bytes=5-2", "lines=0-10", "bytes=x"])
-async def test_a_range_the_image_cannot_serve_is_ignored(tmp_path: Path, sqlite_url: str,
+async def test_a_range_the_image_cannot_serve_is_ignored(generated: Generated,
                                                         header: str) -> None:
-    settings = make_settings(sqlite_url, local_storage_dir=tmp_path / "images")
-    async with running_client(settings) as client:
-        _, key = await client.user_with_key(10)
-        made = await client.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      json=BASE)
-        url = made.json()["images"][0]["url"]
-        whole = await client.http.get(url)
-        ranged = await client.http.get(url, headers={"Range": header})
-        assert ranged.status_code == 200 and ranged.content == whole.content
-        part = await client.http.get(url, headers={"Range": "bytes=0-9"})
-        assert part.status_code == 206 and part.content == whole.content[:10]
+    client, url = generated.client, generated.body["images"][0]["url"]
+    whole = await client.http.get(url)
+    ranged = await client.http.get(url, headers={"Range": header})
+    assert ranged.status_code == 200 and ranged.content == whole.content
+    part = await client.http.get(url, headers={"Range": "bytes=0-9"})
+    assert part.status_code == 206 and part.content == whole.content[:10]
 
 
 # 9. a prompt of invisible characters is empty --------------------------------------------------
