@@ -8,6 +8,11 @@ Reference images are passed as open binary files: the SDK hands them to httpx2 u
 which streams them in 64 KiB chunks (seek(0) before each render) with a Content-Length from
 fstat; before a retry the SDK rewinds every seekable file to the position it recorded, so a
 retry resends the whole file.
+
+With ``partial_images > 0`` the call streams (``stream=True``): the SDK's retries cover the
+request until the answer's headers arrive, not a stream cut off later. ``timeout_s`` is then
+also the longest silence between two chunks, and ``total_timeout_s`` bounds the whole stream.
+The SDK raises a bare ``openai.APIError`` (no status) for an ``error`` event in the stream.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import base64
 import binascii
 import contextlib
 import logging
+from collections.abc import AsyncIterable, Mapping
 from typing import Any, BinaryIO
 
 import openai
@@ -26,14 +32,25 @@ from .base import (
     GeneratedImage,
     ImageRequest,
     ImageResult,
+    OnPartial,
+    PartialImage,
     ProviderError,
     ReferenceInput,
     decode_image,
+    deliver_partial,
 )
 
 log = logging.getLogger(__name__)
 
 _MAX_MESSAGE = 500
+# Options of ImageRequest.options each endpoint takes (the SDK's edit() has no moderation).
+_GENERATE_OPTIONS = ("background", "moderation", "output_compression", "user")
+_EDIT_OPTIONS = ("background", "input_fidelity", "output_compression", "user")
+_PARTIAL_EVENTS = ("image_generation.partial_image", "image_edit.partial_image")
+_COMPLETED_EVENTS = ("image_generation.completed", "image_edit.completed")
+# Error types/codes of a stream error event that a new attempt would repeat.
+_REJECTED_TYPES = ("invalid_request_error", "image_generation_user_error")
+_REJECTED_CODES = ("moderation_blocked", "content_policy_violation")
 
 
 class OpenAIProvider:
@@ -55,10 +72,15 @@ class OpenAIProvider:
         )
         self._secrets = [s for s in (api_key, self._client.api_key) if s]
 
-    async def generate(self, request: ImageRequest) -> ImageResult:
+    async def generate(
+        self, request: ImageRequest, on_partial: OnPartial | None = None
+    ) -> ImageResult:
         try:
             async with asyncio.timeout(self.total_timeout_s):
-                response = await self._call(request)
+                with contextlib.ExitStack() as files:
+                    response = await self._call(request, files)
+                    if request.partial_images > 0:
+                        return await self._read_stream(response, request, on_partial)
         except TimeoutError as exc:
             raise ProviderError("the image provider timed out", "provider_timeout") from exc
         except openai.APITimeoutError as exc:  # one attempt timed out, no retries left
@@ -70,6 +92,8 @@ class OpenAIProvider:
             raise self._status_error(exc) from exc
         except (openai.APIResponseValidationError, ValueError) as exc:  # incl. JSONDecodeError
             raise _malformed("the image provider returned an invalid response") from exc
+        except openai.APIError as exc:  # an error event in a stream
+            raise self._stream_error(exc) from exc
         except openai.OpenAIError as exc:
             log.warning("image provider call failed: %s", type(exc).__name__)
             raise ProviderError("the image provider failed", "provider_error") from exc
@@ -80,7 +104,8 @@ class OpenAIProvider:
         usage = response.usage.model_dump(mode="json") if response.usage is not None else None
         return ImageResult(images=images, usage=usage)
 
-    async def _call(self, request: ImageRequest) -> object:
+    async def _call(self, request: ImageRequest, files: contextlib.ExitStack) -> object:
+        edit = bool(request.references)
         params: dict[str, Any] = {
             "model": request.model,
             "prompt": request.prompt,
@@ -88,12 +113,61 @@ class OpenAIProvider:
             "quality": request.quality,
             "n": request.n,
             "output_format": request.output_format,
+            **_options(request.options, _EDIT_OPTIONS if edit else _GENERATE_OPTIONS),
         }
-        if not request.references:
+        if request.partial_images > 0:
+            params.update(stream=True, partial_images=request.partial_images)
+        if not edit:
             return await self._client.images.generate(**params)
-        with contextlib.ExitStack() as stack:
-            files = [_open_reference(ref, stack) for ref in request.references]
-            return await self._client.images.edit(image=files, **params)
+        images = [_open_reference(ref, files) for ref in request.references]
+        if request.mask is not None:
+            params["mask"] = _open_reference(request.mask, files)
+        return await self._client.images.edit(image=images, **params)
+
+    async def _read_stream(self, stream: object, request: ImageRequest,
+                           on_partial: OnPartial | None) -> ImageResult:
+        """Partial images to ``on_partial`` as they come; one final image per completed event."""
+        if not isinstance(stream, openai.AsyncStream):
+            raise _malformed("the image provider returned an invalid response")
+        async with stream:  # closes the connection however this ends
+            # The SDK parses any body as SSE: an HTML error page would be an empty stream.
+            content_type = stream.response.headers.get("content-type", "")
+            if not content_type.lower().startswith("text/event-stream"):
+                raise _malformed("the image provider returned an invalid response")
+            return await self._read_events(stream, request, on_partial)
+
+    async def _read_events(self, stream: AsyncIterable[object], request: ImageRequest,
+                           on_partial: OnPartial | None) -> ImageResult:
+        images: list[GeneratedImage] = []
+        usages: list[dict[str, Any]] = []
+        async for event in stream:
+            kind = getattr(event, "type", None)
+            if kind in _PARTIAL_EVENTS:
+                partial = _partial(event)
+                await deliver_partial(on_partial, partial)
+            elif kind in _COMPLETED_EVENTS:
+                usage = _usage(getattr(event, "usage", None))
+                if usage is not None:
+                    usages.append(usage)
+                if len(images) < request.n:  # never more than asked (and charged)
+                    b64 = getattr(event, "b64_json", None)
+                    images.append(await asyncio.to_thread(_decode_b64, b64, request))
+            else:
+                log.warning("image provider streamed an unknown event %r; ignored", kind)
+        if not images:
+            raise ProviderError("the image provider returned no images", "provider_error")
+        return ImageResult(images=images, usage=_sum_usage(usages))
+
+    def _stream_error(self, exc: openai.APIError) -> ProviderError:
+        """An ``error`` event in the stream: rejected when the provider says so, else retryable."""
+        body = exc.body if isinstance(exc.body, dict) else {}
+        log.warning("image provider stream failed: type %s, code %s", body.get("type"),
+                    body.get("code"))
+        if body.get("type") in _REJECTED_TYPES or body.get("code") in _REJECTED_CODES:
+            message = self._provider_message(body)
+            return ProviderError(message or "the image provider rejected the request",
+                                 "provider_rejected")
+        return ProviderError("the image provider failed while streaming", "provider_error")
 
     def _status_error(self, exc: openai.APIStatusError) -> ProviderError:
         status = exc.status_code
@@ -139,17 +213,70 @@ def _malformed(message: str) -> ProviderError:
     return ProviderError(message, "provider_malformed")
 
 
+def _options(options: Mapping[str, Any], allowed: tuple[str, ...]) -> dict[str, Any]:
+    """The options this endpoint takes that the request holds (None is never sent)."""
+    return {name: options[name] for name in allowed if options.get(name) is not None}
+
+
+def _partial(event: object) -> PartialImage:
+    b64 = getattr(event, "b64_json", None)
+    index = getattr(event, "partial_image_index", None)
+    if not isinstance(b64, str) or not b64 or not isinstance(index, int):
+        raise _malformed("the image provider streamed an invalid partial image")
+    # OpenAI's events do not say which of the n images a partial belongs to; take it when an
+    # upstream does (an extra field), else 0.
+    image_index = getattr(event, "image_index", None)
+    return PartialImage(partial_image_index=index, b64_json=b64,
+                        image_index=image_index if isinstance(image_index, int) else 0)
+
+
+def _usage(usage: object) -> dict[str, Any] | None:
+    if usage is None:
+        return None
+    if isinstance(usage, openai.BaseModel):
+        return usage.model_dump(mode="json")
+    return dict(usage) if isinstance(usage, dict) else None
+
+
+def _sum_usage(usages: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The completed events' usage, summed field by field (nested details included)."""
+    if not usages:
+        return None
+    total: dict[str, Any] = {}
+    for usage in usages:
+        _add_into(total, usage)
+    return total
+
+
+def _add_into(total: dict[str, Any], usage: Mapping[str, Any]) -> None:
+    for key, value in usage.items():
+        if isinstance(value, bool) or value is None:
+            total.setdefault(key, value)
+        elif isinstance(value, int | float):
+            prev = total.get(key)
+            total[key] = value + prev if isinstance(prev, int | float) else value
+        elif isinstance(value, Mapping):
+            sub = total.get(key)
+            if not isinstance(sub, dict):
+                sub = total[key] = {}
+            _add_into(sub, value)
+        else:
+            total.setdefault(key, value)
+
+
+def _decode_b64(b64: object, request: ImageRequest) -> GeneratedImage:
+    if not isinstance(b64, str) or not b64:
+        raise _malformed("the image provider returned an image without data")
+    try:
+        raw = base64.b64decode(b64, validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise _malformed("the image provider returned invalid base64 image data") from exc
+    return decode_image(raw, request.output_format)
+
+
 def _decode_all(response: ImagesResponse, request: ImageRequest) -> list[GeneratedImage]:
     data = response.data or []
     if not data:
         raise ProviderError("the image provider returned no images", "provider_error")
-    images = []
-    for item in data[: request.n]:  # never more than asked (and charged)
-        if not item.b64_json:
-            raise _malformed("the image provider returned an image without data")
-        try:
-            raw = base64.b64decode(item.b64_json, validate=True)
-        except (binascii.Error, ValueError) as exc:
-            raise _malformed("the image provider returned invalid base64 image data") from exc
-        images.append(decode_image(raw, request.output_format))
-    return images
+    # never more than asked (and charged)
+    return [_decode_b64(item.b64_json, request) for item in data[: request.n]]

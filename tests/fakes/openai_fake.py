@@ -8,14 +8,23 @@ API (what the ``openai`` SDK calls; pass ``http://HOST:PORT/v1`` as ``base_url``
 
 * ``POST /v1/images/generations`` - JSON body.
 * ``POST /v1/images/edits`` - multipart/form-data; the SDK sends a list of images as
-  ``image[]`` parts, a single one as ``image`` (``image[N]`` is accepted too).
+  ``image[]`` parts, a single one as ``image`` (``image[N]`` is accepted too), and ``mask``.
+
+With ``stream`` true (JSON ``true`` or form ``"true"``) the answer is ``text/event-stream`` in
+OpenAI's format: per image, ``partial_images`` (0..3) ``image_generation.partial_image`` events
+(flat placeholders of the final size and format), then one ``image_generation.completed``
+event with the image and its share of the usage (summed over the events it equals the JSON
+answer's usage); ``image_edit.*`` for edits. The failure switches answer a JSON error before
+any event; ``stream_fail_after`` / ``stream_stall_after`` cut a stream off mid-way.
 
 Control API (not under /v1):
 
 * ``POST /_control`` - JSON object of switches (see :class:`Switches`); it *replaces* the
   current behaviour: switches left out go back to their defaults. Answers the switches.
 * ``POST /_reset`` - default switches, recorded requests cleared.
-* ``GET /_requests`` - the recorded /v1 requests, oldest first.
+* ``GET /_requests`` - the recorded /v1 requests, oldest first: fields, files (field name,
+  filename, content type, size, sha256), status, ``images_returned``; a stream also has
+  ``events_sent`` and ``stream_end`` (``completed``, ``error`` or ``stalled``).
 * ``GET /_health`` - ``{"ok": true, ...}``.
 
 In tests use :class:`OpenAIFake`, which spawns the process on a free port.
@@ -44,6 +53,7 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,7 +62,7 @@ from PIL import Image
 from starlette.applications import Starlette
 from starlette.datastructures import UploadFile
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 # ---------------------------------------------------------------------------
@@ -95,6 +105,13 @@ class Switches:
     """Send ``retry-after-ms`` on error answers (the SDK then waits that long to retry)."""
     seed: int | None = None
     """Seed of the random switches (``fail_rate``, ``fewer_rate``)."""
+    stream_fail_after: int | None = None
+    """Streaming: after this many events send an ``error`` event and end the stream; the error
+    is a ``server_error`` unless ``fail_message`` / ``fail_type`` / ``fail_code`` say otherwise
+    (``fail_code="moderation_blocked"``: the safety system's rejection)."""
+    stream_stall_after: int | None = None
+    """Streaming: after this many events send nothing more and hold the connection (up to
+    3600 s, until the client disconnects)."""
 
     @classmethod
     def from_json(cls, data: Any) -> Switches:
@@ -111,6 +128,9 @@ class Switches:
         for name in ("latency_ms", "fail_first", "image_kb"):
             if int(getattr(sw, name)) < 0:
                 raise ValueError(f"{name} must be >= 0")
+        for name in ("stream_fail_after", "stream_stall_after"):
+            if getattr(sw, name) is not None and int(getattr(sw, name)) < 0:
+                raise ValueError(f"{name} must be >= 0 or null")
         return sw
 
 
@@ -180,6 +200,17 @@ def image_bytes(width: int, height: int, fmt: str, image_kb: int = 0, variant: i
 @functools.lru_cache(maxsize=128)
 def image_b64(width: int, height: int, fmt: str, image_kb: int = 0, variant: int = 0) -> str:
     return base64.b64encode(image_bytes(width, height, fmt, image_kb, variant)).decode("ascii")
+
+
+@functools.lru_cache(maxsize=64)
+def partial_b64(width: int, height: int, fmt: str, partial_index: int) -> str:
+    """A partial frame: a flat grey (lighter at each step) ``fmt`` image of the final size."""
+    grey = 96 + 48 * partial_index
+    img = Image.new("RGB", (width, height), (grey, grey, grey))
+    buf = io.BytesIO()
+    options: dict[str, Any] = {"png": {"compress_level": 1}, "jpeg": {"quality": 50}}.get(fmt, {})
+    img.save(buf, format=FORMATS[fmt], **options)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
 def output_tokens(width: int, height: int, quality: str) -> int:
@@ -327,6 +358,29 @@ class ImageParams:
     background: str
 
 
+def parse_stream(fields: dict[str, Any]) -> tuple[bool, int]:
+    """``stream`` (JSON true or form "true") and ``partial_images`` (0..3, default 0)."""
+    value = fields.get("stream")
+    stream = value is True or (isinstance(value, str) and value.strip().lower() == "true")
+    raw = fields.get("partial_images")
+    if raw is None or raw == "":
+        return stream, 0
+    try:
+        partial_images = int(raw)
+    except (TypeError, ValueError) as exc:
+        raise ApiError(400, "Invalid type for 'partial_images': expected an integer.",
+                       param="partial_images") from exc
+    if not 0 <= partial_images <= 3:
+        raise ApiError(400, f"Invalid 'partial_images': {partial_images} is not within 0..3.",
+                       param="partial_images", code="integer_out_of_range")
+    return stream, partial_images
+
+
+def sse(event: str, data: dict[str, Any]) -> bytes:
+    """One server-sent event as OpenAI sends it (and the SDK's SSE decoder reads it)."""
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
 def parse_params(fields: dict[str, Any]) -> ImageParams:
     prompt = fields.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
@@ -407,6 +461,7 @@ def create_app(state: FakeState | None = None) -> Starlette:
             return error_response(switch_error(500), sw.retry_after_ms)
 
         params = parse_params(record["fields"])
+        stream, partial_images = parse_stream(record["fields"])
         image_files = [f for f in record["files"] if _is_image_field(f["field"])]
         if edit and not image_files and not record["fields"].get("images"):
             raise ApiError(
@@ -419,6 +474,11 @@ def create_app(state: FakeState | None = None) -> Starlette:
             if sw.malformed == "html":
                 return Response(
                     "<html><body><h1>502 Bad Gateway</h1></body></html>", media_type="text/html"
+                )
+            if stream:  # an event whose data is truncated JSON
+                return Response(
+                    'event: image_generation.completed\ndata: {"type": "image_generation.com\n\n',
+                    media_type="text/event-stream",
                 )
             return Response(
                 '{"created": 1, "data": [{"b64_json": "iVBORw0KGgo', media_type="application/json"
@@ -443,6 +503,14 @@ def create_app(state: FakeState | None = None) -> Starlette:
 
         text_tokens = max(1, math.ceil(len(params.prompt) / 4))
         image_tokens = 323 * len(image_files)
+        if stream:
+            record["images_returned"] = 0  # counted as the completed events go out
+            return StreamingResponse(
+                stream_events(request, record, params, edit, count, partial_images,
+                              text_tokens, image_tokens),
+                media_type="text/event-stream",
+                headers={"x-request-id": f"req_{uuid.uuid4().hex}", "cache-control": "no-cache"},
+            )
         out_tokens = count * output_tokens(params.width, params.height, params.quality)
         body = {
             "created": int(time.time()),
@@ -459,6 +527,77 @@ def create_app(state: FakeState | None = None) -> Starlette:
             },
         }
         return JSONResponse(body, headers={"x-request-id": f"req_{uuid.uuid4().hex}"})
+
+    def final_b64(sw: Switches, params: ImageParams, index: int) -> str:
+        if sw.malformed_b64 == "image":
+            return base64.b64encode(b"this is not an image").decode("ascii")
+        if sw.malformed_b64:
+            return "!!! not base64 !!!"
+        return image_b64(params.width, params.height, params.output_format, sw.image_kb, index)
+
+    def planned_events(
+        sw: Switches, params: ImageParams, edit: bool, count: int, partial_images: int,
+        text_tokens: int, image_tokens: int,
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
+        prefix = "image_edit" if edit else "image_generation"
+        common = {
+            "background": params.background,
+            "output_format": params.output_format,
+            "quality": params.quality,
+            "size": f"{params.width}x{params.height}",
+        }
+        per_image_out = output_tokens(params.width, params.height, params.quality)
+        for i in range(count):
+            for k in range(partial_images):
+                yield f"{prefix}.partial_image", {
+                    "type": f"{prefix}.partial_image",
+                    "b64_json": partial_b64(params.width, params.height, params.output_format, k),
+                    "partial_image_index": k,
+                    "created_at": int(time.time()),
+                    **common,
+                }
+            # This image's share of the input tokens (the first takes the remainder), so that
+            # the events' usage sums to the JSON answer's.
+            text = text_tokens // count + (text_tokens % count if i == 0 else 0)
+            image = image_tokens // count + (image_tokens % count if i == 0 else 0)
+            yield f"{prefix}.completed", {
+                "type": f"{prefix}.completed",
+                "b64_json": final_b64(sw, params, i),
+                "created_at": int(time.time()),
+                **common,
+                "usage": {
+                    "input_tokens": text + image,
+                    "output_tokens": per_image_out,
+                    "total_tokens": text + image + per_image_out,
+                    "input_tokens_details": {"image_tokens": image, "text_tokens": text},
+                },
+            }
+
+    async def stream_events(
+        request: Request, record: dict[str, Any], params: ImageParams, edit: bool, count: int,
+        partial_images: int, text_tokens: int, image_tokens: int,
+    ) -> AsyncIterator[bytes]:
+        sw = state.switches
+        record["events_sent"] = 0
+        events = planned_events(sw, params, edit, count, partial_images, text_tokens, image_tokens)
+        for event, data in events:
+            sent = record["events_sent"]
+            if sw.stream_fail_after is not None and sent >= sw.stream_fail_after:
+                record["stream_end"] = "error"
+                err = switch_error(500, sw)
+                yield sse("error", {"type": "error", "error": {
+                    "message": err.message, "type": err.type, "code": err.code, "param": None}})
+                return
+            if sw.stream_stall_after is not None and sent >= sw.stream_stall_after:
+                record["stream_end"] = "stalled"
+                await wait_for_disconnect(request, 3600)
+                return
+            yield sse(event, data)
+            record["events_sent"] = sent + 1
+            if event.endswith(".completed"):
+                record["images_returned"] += 1
+            await asyncio.sleep(0)
+        record["stream_end"] = "completed"
 
     async def images(request: Request) -> Response:
         edit = request.url.path.endswith("/edits")
