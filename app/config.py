@@ -44,6 +44,7 @@ class Settings(BaseSettings):
     provider: Literal["openai", "mock"] | None = None
     secret_key: str | None = None
     sync_timeout_s: float = Field(800.0, gt=0)
+    openai_wait_s: float = Field(570.0, gt=0)
     catalog_path: Path | None = None
     max_reference_image_bytes: int = Field(50 * 1024 * 1024, gt=0)
     provider_timeout_s: float = Field(180.0, gt=0)

@@ -25,6 +25,7 @@ class ErrorCode(StrEnum):
     GENERATION_FAILED = "generationFailed"
     INTERNAL_ERROR = "internalError"
     SERVICE_UNAVAILABLE = "serviceUnavailable"
+    GENERATION_PENDING = "generationPending"
     # Operator-facing (the CLI), never an HTTP answer of the API.
     DUPLICATE_EMAIL = "duplicateEmail"
 
@@ -32,11 +33,16 @@ class ErrorCode(StrEnum):
 class ApiError(Exception):
     status = 400
     code = ErrorCode.INVALID_REQUEST
+    # Whether the same request, sent again, could succeed without being charged twice (the
+    # OpenAI-compatible API says so in x-should-retry).
+    retry = False
 
-    def __init__(self, message: str, **extra: Any) -> None:
+    def __init__(self, message: str, *, retry: bool | None = None, **extra: Any) -> None:
         super().__init__(message)
         self.message = message
         self.extra = extra
+        if retry is not None:
+            self.retry = retry
 
     def headers(self) -> dict[str, str] | None:
         return None
@@ -44,7 +50,8 @@ class ApiError(Exception):
 
 class InvalidRequest(ApiError):
     def __init__(self, message: str, *, param: str | None = None) -> None:
-        super().__init__(message, **({"param": param} if param else {}))
+        extra: dict[str, Any] = {"param": param} if param else {}
+        super().__init__(message, **extra)
 
 
 class AuthError(ApiError):
@@ -91,8 +98,18 @@ class GenerationFailed(ApiError):
 
 
 class ServiceUnavailable(ApiError):
+    """A dependency is down; nothing is charged (or it was refunded)."""
+
     status = 503
     code = ErrorCode.SERVICE_UNAVAILABLE
+    retry = True
+
+
+class GenerationPending(ApiError):
+    """/v1 only: the wait ended before the generation did; it goes on and is billed."""
+
+    status = 504
+    code = ErrorCode.GENERATION_PENDING
 
 
 def error_body(code: str, message: str, **extra: Any) -> dict[str, Any]:

@@ -14,9 +14,11 @@ from app.config import Settings, get_settings
 from app.credits import endpoints as credits
 from app.generations import endpoints as generations
 from app.generations.jobs import run_generation, sweep_forever
+from app.openai_compat import endpoints as openai_compat
+from app.openai_compat import errors as openai_errors
 from app.openapi import contract_openapi
 from app.ops import health, logs
-from app.ops.error_handlers import install_handlers
+from app.ops.error_handlers import install_handlers, register_surface
 from app.ops.middleware import RequestMiddleware
 from app.runtime import close_runtime, open_runtime
 from app.storage import endpoints as files
@@ -69,9 +71,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redirect_slashes=False,  # never a redirect built from the client's Host header
     )
     install_handlers(app)
+    register_surface("/v1", openai_errors.shape)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestMiddleware)
-    for router in (catalog.router, credits.router, generations.router, files.router,
-                   health.router):
+    for router in (catalog.router, credits.router, generations.router, openai_compat.router,
+                   files.router, health.router):
         app.include_router(router)
     return app

@@ -18,6 +18,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 from sqlalchemy.orm import Mapped, mapped_column
@@ -38,6 +39,11 @@ class GenerationStatus(StrEnum):
 
 FINAL_STATUSES = frozenset({GenerationStatus.SUCCEEDED, GenerationStatus.FAILED})
 UNFINISHED_STATUSES = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+
+
+class ReferenceRole(StrEnum):
+    IMAGE = "image"  # a reference image (an `image` of /v1/images/edits)
+    MASK = "mask"  # the edit's mask
 
 
 class LedgerKind(StrEnum):
@@ -127,7 +133,14 @@ class Generation(Base):
     idempotency_key: Mapped[str | None] = mapped_column(String(255))
     request_hash: Mapped[str | None] = mapped_column(String(64))
     provider_usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # What the OpenAI-compatible API passes through to the provider (background, moderation,
+    # output_compression, input_fidelity, user, partial_images); None from /api/v1.
+    options: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    input_tokens: Mapped[int | None] = mapped_column(Integer)  # the provider's token counts
+    output_tokens: Mapped[int | None] = mapped_column(Integer)
     error_code: Mapped[str | None] = mapped_column(String(64))
+    # A failure a new attempt could get past (an upstream outage), not one it would repeat.
+    retryable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     error_message: Mapped[str | None] = mapped_column(Text)
     # Each (re-)enqueue bumps `attempts`; a job only acts if it carries the current attempt.
     attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -140,6 +153,7 @@ class Generation(Base):
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key"),
         Index("ix_generations_user_created", "user_id", "created_at"),
+        Index("ix_generations_created", "created_at"),  # usage by period
         Index("ix_generations_unfinished", "status", "created_at",
               postgresql_where=text("status IN ('queued', 'running')"),
               sqlite_where=text("status IN ('queued', 'running')")),
@@ -208,5 +222,8 @@ class ReferenceImage(Base):
     filename: Mapped[str] = mapped_column(String(255))
     content_type: Mapped[str] = mapped_column(String(32))
     byte_size: Mapped[int] = mapped_column(BigId)
+    role: Mapped[ReferenceRole] = mapped_column(_stored_as_text(ReferenceRole, 8),
+                                                default=ReferenceRole.IMAGE,
+                                                server_default=ReferenceRole.IMAGE.value)
 
     __table_args__ = (UniqueConstraint("generation_id", "index"),)

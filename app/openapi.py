@@ -8,7 +8,7 @@ from fastapi.openapi.utils import get_openapi
 
 from app.schemas import ErrorResponse
 
-PUBLIC_PATHS_WITHOUT_KEY = {"/api/v1/models"}
+PUBLIC_PATHS_WITHOUT_KEY = {"/api/v1/models", "/v1/models", "/v1/models/{model_id}"}
 
 
 def error_doc(description: str) -> dict[str, Any]:

@@ -2,15 +2,20 @@
 
 Only ids cross the queue. A job id is derived from the generation id and its attempt number, so
 a re-enqueue by the sweep never collides with the job it replaces. Completion is announced on a
-Redis channel (or an in-process future), so a waiting request wakes at once, without polling.
+Redis channel (or an in-process event), so a waiting request wakes at once, without polling.
+
+A streaming request also reads the partial images its job relays: kept in a Redis stream per
+generation (or in memory), so a reader that comes late, or reconnects, misses none.
 """
 
 import asyncio
 import contextlib
+import json
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from arq.connections import ArqRedis
@@ -18,7 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("gih.queue")
 
 DONE_CHANNEL = "gih:done:"
+PARTIALS_KEY = "gih:partials:"  # a Redis stream per generation, and a wake-up channel
+PARTIALS_TTL_S = 3600
+PARTIALS_KEPT = 64  # per generation: 3 partial images for each of 4 images, with room
 JOB_FUNCTION = "run_generation"
+
+Partial = dict[str, Any]
 
 Runner = Callable[[str, int], Awaitable[None]]
 
@@ -42,6 +52,14 @@ class JobQueue(Protocol):
     async def is_pending(self, generation_id: str, attempt: int) -> bool: ...
     async def notify(self, generation_id: str) -> None: ...
     def watch(self, generation_id: str) -> "Watch": ...
+
+    async def add_partial(self, generation_id: str, partial: Partial) -> None:
+        """Keep a partial image for the generation's streaming readers, and wake them."""
+
+    async def partials_after(self, generation_id: str,
+                             cursor: str) -> tuple[list[Partial], str]:
+        """The partial images kept since `cursor` ("0": from the first), and the new cursor."""
+
     async def ping(self) -> None: ...
     async def depth(self) -> int: ...
     async def close(self) -> None: ...
@@ -106,6 +124,7 @@ class InProcessQueue:
         self.waiters = Waiters()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._partials: dict[str, tuple[float, list[Partial]]] = {}
 
     async def start(self, runner: Runner) -> None:
         self.runner = runner
@@ -133,6 +152,21 @@ class InProcessQueue:
 
     async def notify(self, generation_id: str) -> None:
         self.waiters.wake(generation_id)
+
+    async def add_partial(self, generation_id: str, partial: Partial) -> None:
+        now = time.monotonic()
+        for stale in [g for g, (born, _) in self._partials.items() if now - born > PARTIALS_TTL_S]:
+            del self._partials[stale]
+        kept = self._partials.setdefault(generation_id, (now, []))[1]
+        if len(kept) < PARTIALS_KEPT:
+            kept.append(partial)
+        self.waiters.wake(generation_id)
+
+    async def partials_after(self, generation_id: str,
+                             cursor: str) -> tuple[list[Partial], str]:
+        kept = self._partials.get(generation_id, (0.0, []))[1]
+        start = int(cursor)
+        return kept[start:], str(len(kept))
 
     def watch(self, generation_id: str) -> Watch:
         return self.waiters.watch(generation_id)
@@ -207,6 +241,24 @@ class ArqQueue:
     async def notify(self, generation_id: str) -> None:
         await self.redis.publish(DONE_CHANNEL + generation_id, "1")
 
+    async def add_partial(self, generation_id: str, partial: Partial) -> None:
+        key = PARTIALS_KEY + generation_id
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.xadd(key, {"e": json.dumps(partial)}, maxlen=PARTIALS_KEPT, approximate=False)
+            pipe.expire(key, PARTIALS_TTL_S)
+            pipe.publish(key, "1")
+            await pipe.execute()
+
+    async def partials_after(self, generation_id: str,
+                             cursor: str) -> tuple[list[Partial], str]:
+        start = "-" if cursor == "0" else f"({cursor}"
+        entries = await self.redis.xrange(PARTIALS_KEY + generation_id, min=start, max="+")
+        if not entries:
+            return [], cursor
+        last = entries[-1][0]
+        return ([json.loads(fields[b"e"]) for _, fields in entries],
+                last.decode() if isinstance(last, bytes) else last)
+
     async def ping(self) -> None:
         await self.redis.ping()
 
@@ -222,7 +274,7 @@ class ArqQueue:
         while True:
             pubsub = self.redis.pubsub()
             try:
-                await pubsub.psubscribe(DONE_CHANNEL + "*")
+                await pubsub.psubscribe(DONE_CHANNEL + "*", PARTIALS_KEY + "*")
                 if lost:  # what was announced while we were away is gone: re-check now
                     self.waiters.wake_all()
                     lost = False
@@ -231,7 +283,8 @@ class ArqQueue:
                         channel = message["channel"]
                         if isinstance(channel, bytes):
                             channel = channel.decode()
-                        self.waiters.wake(channel.removeprefix(DONE_CHANNEL))
+                        self.waiters.wake(channel.removeprefix(DONE_CHANNEL)
+                                          .removeprefix(PARTIALS_KEY))
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # Redis went away: waiters fall back to their DB re-check

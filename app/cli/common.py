@@ -81,8 +81,8 @@ def table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
-def parse_when(text: str | None, option: str) -> datetime | None:
-    """ISO 8601 date or datetime; no offset means UTC."""
+def parse_when(text: str | None, option: str, *, past: bool = False) -> datetime | None:
+    """ISO 8601 date or datetime; no offset means UTC. In the future unless `past`."""
     if text is None:
         return None
     try:
@@ -92,6 +92,6 @@ def parse_when(text: str | None, option: str) -> datetime | None:
             f"{text!r} is not an ISO 8601 date, e.g. 2026-12-31 or 2026-12-31T00:00:00Z",
             param_hint=option) from None
     when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-    if when <= utcnow():
+    if not past and when <= utcnow():
         raise typer.BadParameter(f"{text} is in the past", param_hint=option)
     return when

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Header, Request, Response
 from app.credits.schemas import Balance
 from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep
 from app.errors import ApiError, ErrorCode, GenerationFailed, ServiceUnavailable
-from app.generations import images, jobs
+from app.generations import flow
 from app.generations import service as generations
 from app.generations.request import check_idempotency_key, parse_input, read_body
 from app.generations.schemas import (
@@ -17,10 +17,8 @@ from app.generations.schemas import (
     Generation,
     GenerationWithBalance,
 )
-from app.ids import new_id
 from app.models import Generation as GenerationRow
 from app.models import GenerationImage, GenerationStatus
-from app.ops import metrics
 from app.ops.middleware import note
 from app.runtime import Runtime
 
@@ -44,25 +42,12 @@ async def create_generation(request: Request, response: Response, principal: Cur
     async with read_body(request, catalog=rt.catalog,
                          max_file_bytes=rt.settings.max_reference_image_bytes) as body:
         wanted = parse_input(body.fields, rt.catalog, reference_count=len(body.references))
-        fingerprint = wanted.fingerprint([ref.sha256 for ref in body.references])
-        generation_id = new_id("gen")
-        references = await images.store_references(rt.storage, rt.secret, generation_id,
-                                                    body.references)
-    try:
-        async with rt.transaction() as session:
-            accepted = await generations.accept(
-                session, principal, wanted, generation_id=generation_id, references=references,
-                fingerprint=fingerprint, idempotency_key=key)
-    except BaseException:
-        await images.discard(rt.storage, [row.storage_key for row in references])
-        raise
-    note(request, generation_id=accepted.generation.id)
+        accepted = await flow.submit(rt, principal, wanted, body.references,
+                                     idempotency_key=key)
+    generation_id = accepted.generation.id
+    note(request, generation_id=generation_id)
     if not accepted.created:  # a replay: answered as the earlier generation stands now
-        await images.discard(rt.storage, [row.storage_key for row in references])
-        return await answer(rt, response, accepted.generation.id, principal.user.id)
-    metrics.generations.labels(wanted.model.id, "accepted", metrics.mode_of(wanted.is_async)).inc()
-    metrics.credits_charged.inc(wanted.credits_requested)
-    await jobs.enqueue_or_refund(rt, generation_id)
+        return await answer(rt, response, generation_id, principal.user.id)
     if wanted.is_async:  # answered from what was just written
         assert accepted.balance is not None
         return respond(rt, response, accepted.generation, [], accepted.balance)
@@ -94,10 +79,12 @@ def respond(rt: Runtime, response: Response, row: GenerationRow,
 
 
 def failure(row: GenerationRow) -> ApiError:
-    """A dependency fault (storage, queue) answers 503; anything else the provider's 500."""
+    """A dependency fault (storage, queue) answers 503; anything else the provider's 500.
+    Refunded either way; `retry` says whether a new attempt could get past it."""
     error = (ServiceUnavailable if row.error_code == ErrorCode.SERVICE_UNAVAILABLE
              else GenerationFailed)
-    return error(row.error_message or "generation failed", generation_id=row.id)
+    return error(row.error_message or "generation failed", generation_id=row.id,
+                 retry=row.retryable)
 
 
 @router.get("/generations/{generation_id}", responses=GET_RESPONSES)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.errors import ServiceUnavailable
 from app.generations.multipart import ReferenceFile
-from app.models import ReferenceImage
+from app.models import ReferenceImage, ReferenceRole
 from app.providers.base import GeneratedImage, ReferenceInput
 from app.storage.base import Storage, StorageError, image_key, reference_key, undelivered_keys
 
@@ -32,13 +32,15 @@ async def store_references(storage: Storage, secret: bytes, generation_id: str,
                            references: list[ReferenceFile]) -> list[ReferenceImage]:
     """Upload the checked reference files; their rows, to write with the generation."""
     rows: list[ReferenceImage] = []
+    ordered = sorted(references, key=lambda ref: ref.role == ReferenceRole.MASK)  # mask last
     try:
-        for index, ref in enumerate(references):
+        for index, ref in enumerate(ordered):
             key = reference_key(generation_id, index, ref.content_type, secret)
             await storage.put_file(key, ref.path, ref.content_type)
             rows.append(ReferenceImage(generation_id=generation_id, index=index,
                                        storage_key=key, filename=ref.filename[:255],
-                                       content_type=ref.content_type, byte_size=ref.size))
+                                       content_type=ref.content_type, byte_size=ref.size,
+                                       role=ref.role))
     except StorageError as exc:
         await discard(storage, [row.storage_key for row in rows])
         log.warning("storing references failed: %s", exc)
@@ -46,17 +48,22 @@ async def store_references(storage: Storage, secret: bytes, generation_id: str,
     return rows
 
 
-async def fetch_references(storage: Storage, rows: list[ReferenceImage],
-                           folder: Path) -> tuple[ReferenceInput, ...]:
-    """Download the references for the provider call, into `folder`."""
-    inputs = []
+async def fetch_references(storage: Storage, rows: list[ReferenceImage], folder: Path
+                           ) -> tuple[tuple[ReferenceInput, ...], ReferenceInput | None]:
+    """Download the references for the provider call, into `folder`: the images, and the
+    mask if there is one."""
+    images, mask = [], None
     for ref in rows:
         path = folder / f"reference-{ref.index}"
         await with_retries(lambda ref=ref, path=path: storage.get_file(  # type: ignore[misc]
             ref.storage_key, path))
-        inputs.append(ReferenceInput(path=path, filename=ref.filename or f"reference-{ref.index}",
-                                     content_type=ref.content_type))
-    return tuple(inputs)
+        given = ReferenceInput(path=path, filename=ref.filename or f"reference-{ref.index}",
+                               content_type=ref.content_type)
+        if ref.role == ReferenceRole.MASK:
+            mask = given
+        else:
+            images.append(given)
+    return tuple(images), mask
 
 
 async def store_images(storage: Storage, secret: bytes, generation_id: str,

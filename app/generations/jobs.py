@@ -22,7 +22,7 @@ from app.generations import images
 from app.generations import service as generations
 from app.models import Generation, GenerationStatus
 from app.ops import metrics
-from app.providers.base import ImageRequest, ImageResult, ProviderError
+from app.providers.base import ImageRequest, ImageResult, OnPartial, PartialImage, ProviderError
 from app.queue import QueueUnavailable
 from app.runtime import Runtime
 from app.storage.base import StorageError
@@ -45,20 +45,24 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     try:
         async with heartbeat(rt, generation_id):
             with tempfile.TemporaryDirectory(prefix="gih-job-") as tmp:
+                inputs, mask = await images.fetch_references(rt.storage, references, Path(tmp))
+                options = dict(generation.options or {})
                 request = ImageRequest(
                     model=generation.provider_model, prompt=generation.prompt,
                     size=generation.size, quality=generation.render_quality, n=generation.n,
-                    output_format=generation.output_format,
-                    references=await images.fetch_references(rt.storage, references, Path(tmp)))
-                result = await call_provider(rt, request)
+                    output_format=generation.output_format, references=inputs, mask=mask,
+                    partial_images=int(options.pop("partial_images", 0) or 0), options=options)
+                relay = relay_to(rt, generation_id) if request.partial_images else None
+                result = await call_provider(rt, request, relay)
             keys = await images.store_images(rt.storage, rt.secret, generation_id, result.images)
     except ProviderError as exc:
         await fail(rt, generation_id, f"the image provider failed: {exc.message}",
-                   attempt=attempt, started=started)
+                   retryable=exc.retryable, attempt=attempt, started=started)
     except StorageError as exc:
         log.warning("generation %s: storage failed: %s", generation_id, exc)
         await fail(rt, generation_id, "image storage is unavailable; the credits were refunded",
-                   code=ErrorCode.SERVICE_UNAVAILABLE, attempt=attempt, started=started)
+                   code=ErrorCode.SERVICE_UNAVAILABLE, retryable=True, attempt=attempt,
+                   started=started)
     else:
         async with rt.transaction() as session:
             final = await generations.finish_succeeded(session, generation_id, result.images,
@@ -67,11 +71,12 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
 
 
 async def fail(rt: Runtime, generation_id: str, message: str, *,
-               code: ErrorCode = ErrorCode.GENERATION_FAILED, attempt: int,
-               started: float | None = None) -> Generation | None:
+               code: ErrorCode = ErrorCode.GENERATION_FAILED, retryable: bool = False,
+               attempt: int, started: float | None = None) -> Generation | None:
     """Fail and refund the generation (if it is not final yet), then conclude it."""
     async with rt.transaction() as session:
-        final = await generations.finish_failed(session, generation_id, message, code)
+        final = await generations.finish_failed(session, generation_id, message, code,
+                                                retryable=retryable)
     await conclude(rt, generation_id, final, attempt=attempt, started=started)
     return final
 
@@ -85,16 +90,31 @@ async def conclude(rt: Runtime, generation_id: str, final: Generation | None, *,
         elapsed = time.perf_counter() - started if started is not None else 0.0
         log_outcome(rt, final, attempt, elapsed)
         if final.reference_count:
-            await discard_references(rt, final)
+            await discard_references(rt, final.id)
     if final is None or final.credits_refunded:  # some images (maybe stored) not delivered
         await discard_undelivered(rt, generation_id)
 
 
-async def call_provider(rt: Runtime, request: ImageRequest) -> ImageResult:
+def relay_to(rt: Runtime, generation_id: str) -> OnPartial:
+    """Partial images go to the generation's streaming readers (they cost nothing, and a lost
+    one loses nothing: the generation goes on)."""
+    async def relay(partial: PartialImage) -> None:
+        try:
+            await rt.queue.add_partial(generation_id, {
+                "partial_image_index": partial.partial_image_index,
+                "image_index": partial.image_index, "b64_json": partial.b64_json})
+        except Exception as exc:
+            log.warning("generation %s: a partial image was not relayed: %s", generation_id, exc)
+    return relay
+
+
+async def call_provider(rt: Runtime, request: ImageRequest,
+                        on_partial: OnPartial | None = None) -> ImageResult:
     name = rt.provider.name
     started = time.perf_counter()
     try:
-        result = await rt.provider.generate(request)
+        result = await (rt.provider.generate(request, on_partial) if on_partial
+                        else rt.provider.generate(request))
     except ProviderError as exc:
         metrics.provider_latency.labels(name, "error").observe(time.perf_counter() - started)
         metrics.provider_errors.labels(name, exc.code).inc()
@@ -156,16 +176,16 @@ async def discard_undelivered(rt: Runtime, generation_id: str) -> None:
                     generation_id, exc)
 
 
-async def discard_references(rt: Runtime, generation: Generation) -> None:
+async def discard_references(rt: Runtime, generation_id: str) -> None:
     """A final generation's reference images are deleted (the sweep retries what fails)."""
     try:
         async with rt.reader() as session:
-            rows = await generations.references_of(session, generation)
+            rows = await generations.references_of(session, generation_id)
         if rows and await images.discard(rt.storage, [row.storage_key for row in rows]):
             async with rt.transaction() as session:
-                await generations.forget_references(session, generation.id)
+                await generations.forget_references(session, generation_id)
     except Exception as exc:
-        log.warning("generation %s: could not delete its references: %s", generation.id, exc)
+        log.warning("generation %s: could not delete its references: %s", generation_id, exc)
 
 
 async def announce(rt: Runtime, generation_id: str) -> None:
@@ -186,7 +206,7 @@ async def enqueue_or_refund(rt: Runtime, generation_id: str) -> None:
         async with rt.transaction() as session:
             final = await generations.finish_failed(session, generation_id,
                                                     "the job queue is unavailable",
-                                                    ErrorCode.SERVICE_UNAVAILABLE)
+                                                    ErrorCode.SERVICE_UNAVAILABLE, retryable=True)
             await generations.release_idempotency_key(session, generation_id)
         await conclude(rt, generation_id, final, attempt=1)
         raise ServiceUnavailable(
@@ -256,8 +276,8 @@ async def clean_references(rt: Runtime, *, ended_before: datetime) -> None:
     the process died in between)."""
     async with rt.reader() as session:
         leftovers = await generations.final_with_references(session, ended_before=ended_before)
-    for generation in leftovers:
-        await discard_references(rt, generation)
+    for generation_id in leftovers:
+        await discard_references(rt, generation_id)
 
 
 async def sweep_forever(rt: Runtime) -> None:

@@ -15,8 +15,9 @@ from PIL import ImageFile, JpegImagePlugin, PngImagePlugin, WebPImagePlugin
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from app.models import ReferenceRole
+
 PARAM = "reference_image"
-REFERENCE_NAMES = (PARAM, "reference_image[]")
 BOUNDARY_RE = re.compile(r"[0-9A-Za-z'()+_,\-./:=? ]{0,255}[0-9A-Za-z'()+_,\-./:=?]")
 # Plugin classes are used directly: Image.open() would emit a DecompressionBombWarning (or
 # need the global Image.MAX_IMAGE_PIXELS changed); we check the pixel count ourselves instead.
@@ -36,6 +37,25 @@ class UploadError(Exception):
         self.param = param
 
 
+IMAGE_TYPES = ("image/png", "image/jpeg", "image/webp")
+
+
+@dataclass(frozen=True)
+class FileField:
+    """A form field that carries image files: how errors name it, and its limits."""
+
+    param: str  # e.g. reference_image; errors say "reference_image #2 ..."
+    noun: str  # plural, for "at most 16 reference images"
+    role: ReferenceRole = ReferenceRole.IMAGE
+    types: tuple[str, ...] = IMAGE_TYPES
+    max_count: int | None = None  # None: the caller's max_files (the model's limit)
+
+
+REFERENCE = FileField(PARAM, "reference images")
+# /api/v1/images/generations: reference_image, repeatable, also as reference_image[]
+REFERENCE_FIELDS = {PARAM: REFERENCE, "reference_image[]": REFERENCE}
+
+
 @dataclass
 class ReferenceFile:
     path: Path
@@ -43,6 +63,7 @@ class ReferenceFile:
     content_type: str
     size: int
     sha256: str
+    role: ReferenceRole = ReferenceRole.IMAGE
 
 
 @dataclass
@@ -62,22 +83,23 @@ def sniff_image_type(head: bytes) -> str | None:
     return None
 
 
-def check_image(path: Path, expected_type: str, max_pixels: int, label: str = "image") -> None:
+def check_image(path: Path, expected_type: str, max_pixels: int, label: str = "image",
+                param: str = PARAM) -> None:
     """Open and verify an image with Pillow (blocking: run it in a thread)."""
     try:
         plugin = PLUGINS[expected_type]
         with plugin(path) as im:
             if im.format != plugin.format:
-                raise UploadError(f"{label} is not a {plugin.format} image", PARAM)
+                raise UploadError(f"{label} is not a {plugin.format} image", param)
             width, height = im.size
             if width * height > max_pixels:
                 raise UploadError(f"{label} is {width}x{height} pixels, more than the "
-                                  f"{max_pixels} pixel limit", PARAM)
+                                  f"{max_pixels} pixel limit", param)
             im.verify()
     except UploadError:
         raise
     except Exception as exc:  # Pillow raises OSError, SyntaxError, ValueError, struct.error...
-        raise UploadError(f"{label} is not a decodable image ({exc})", PARAM) from exc
+        raise UploadError(f"{label} is not a decodable image ({exc})", param) from exc
 
 
 def clean_filename(raw: str) -> str:
@@ -101,11 +123,14 @@ class FormReader:
     """The MultipartParser callbacks; every limit raises UploadError from inside write()."""
 
     def __init__(self, tmp_dir: Path, max_file_bytes: int, max_files: int,
-                 max_field_bytes: int, max_parts: int) -> None:
+                 max_field_bytes: int, max_parts: int,
+                 file_fields: dict[str, FileField]) -> None:
         self.tmp_dir, self.max_file_bytes, self.max_files = tmp_dir, max_file_bytes, max_files
         self.max_field_bytes, self.max_parts = max_field_bytes, max_parts
+        self.file_fields = file_fields
+        self.counts: dict[FileField, int] = {}
         self.form = ParsedForm()
-        self.pending: list[tuple[int, ReferenceFile]] = []  # files still to check with Pillow
+        self.pending: list[tuple[str, FileField, ReferenceFile]] = []  # to check with Pillow
         self.paths: list[Path] = []  # every temp file created, for cleanup
         self.parts = 0
         self.ended = False
@@ -144,14 +169,19 @@ class FormReader:
         if not self.name:
             raise UploadError("multipart part without a name")
         is_file = b"filename" in opts
-        if self.name in REFERENCE_NAMES:
+        spec = self.file_fields.get(self.name)
+        if spec is not None:
             if not is_file and "content-type" not in self.headers:
-                raise UploadError("reference_image must be a file upload", PARAM)
-            if len(self.form.references) >= self.max_files:
-                raise UploadError(f"at most {self.max_files} reference images", PARAM)
+                raise UploadError(f"{spec.param} must be a file upload", spec.param)
+            limit = self.max_files if spec.max_count is None else spec.max_count
+            count = self.counts.get(spec, 0)
+            if count >= limit:
+                raise UploadError(f"at most {limit} {spec.noun}", spec.param)
+            self.counts[spec] = count + 1
             self.kind = "ref"
+            self.spec = spec
+            self.label = spec.param if spec.max_count == 1 else f"{spec.param} #{count + 1}"
             self.filename = clean_filename(decode_header(opts.get(b"filename", b"")))
-            self.index = len(self.form.references) + 1
             self.hash = hashlib.sha256()
             fd, name = tempfile.mkstemp(prefix="ref-", suffix=".upload", dir=self.tmp_dir)
             self.path = Path(name)
@@ -173,8 +203,8 @@ class FormReader:
                                   f"{format_mb(self.max_file_bytes)} MB limit", self.name)
         else:
             if self.size > self.max_file_bytes:
-                raise UploadError(f"reference_image #{self.index} is larger than the "
-                                  f"{format_mb(self.max_file_bytes)} MB limit", PARAM)
+                raise UploadError(f"{self.label} is larger than the "
+                                  f"{format_mb(self.max_file_bytes)} MB limit", self.spec.param)
             chunk = memoryview(data)[start:end]
             if len(self.head) < 12:
                 self.head += chunk[:12 - len(self.head)]
@@ -186,9 +216,10 @@ class FormReader:
 
     def sniff(self) -> None:
         self.sniffed = sniff_image_type(bytes(self.head))
-        if self.sniffed is None:
-            raise UploadError(f"reference_image #{self.index} is not a PNG, JPEG or WebP image",
-                              PARAM)
+        if self.sniffed not in self.spec.types:
+            kinds = "a PNG image" if self.spec.types == ("image/png",) else \
+                "a PNG, JPEG or WebP image"
+            raise UploadError(f"{self.label} is not {kinds}", self.spec.param)
 
     def part_end(self) -> None:
         if self.kind == "text":
@@ -201,14 +232,14 @@ class FormReader:
             self.file.close()
             self.file = None
             if self.size == 0:
-                raise UploadError(f"reference_image #{self.index} is empty", PARAM)
+                raise UploadError(f"{self.label} is empty", self.spec.param)
             if self.sniffed is None:
                 self.sniff()
             assert self.sniffed is not None
             ref = ReferenceFile(self.path, self.filename, self.sniffed, self.size,
-                                self.hash.hexdigest())
+                                self.hash.hexdigest(), self.spec.role)
             self.form.references.append(ref)
-            self.pending.append((self.index, ref))
+            self.pending.append((self.label, self.spec, ref))
 
     def end(self) -> None:
         self.ended = True
@@ -236,20 +267,22 @@ def get_boundary(content_type_header: str) -> bytes:
 async def parse_multipart(stream: AsyncIterator[bytes], content_type_header: str, *,
                           tmp_dir: Path, max_file_bytes: int, max_files: int,
                           max_field_bytes: int = 256 * 1024, max_parts: int = 64,
-                          max_pixels: int = 100_000_000) -> ParsedForm:
-    """Stream a multipart body into text fields and checked reference images (temp files)."""
+                          max_pixels: int = 100_000_000,
+                          file_fields: dict[str, FileField] | None = None) -> ParsedForm:
+    """Stream a multipart body into text fields and checked image files (temp files): the
+    fields of `file_fields` (default: reference_image); other file parts are skipped."""
     parser = MultipartParser(get_boundary(content_type_header))
-    reader = FormReader(tmp_dir, max_file_bytes, max_files, max_field_bytes, max_parts)
+    reader = FormReader(tmp_dir, max_file_bytes, max_files, max_field_bytes, max_parts,
+                        REFERENCE_FIELDS if file_fields is None else file_fields)
     parser.callbacks = reader.callbacks()  # type: ignore[assignment]
     try:
         async for chunk in stream:
             if chunk:
                 parser.write(chunk)
             while reader.pending:
-                index, ref = reader.pending.pop(0)
-                label = f"reference_image #{index}"
+                label, spec, ref = reader.pending.pop(0)
                 await asyncio.to_thread(check_image, ref.path, ref.content_type, max_pixels,
-                                        label)
+                                        label, spec.param)
             if reader.ended:
                 break
         if not reader.ended:

@@ -20,7 +20,13 @@ from app.catalog.catalog import Catalog
 from app.catalog.schemas import Model
 from app.catalog.sizes import CatalogError, ResolvedSize, resolve_size
 from app.errors import InvalidRequest
-from app.generations.multipart import ReferenceFile, UploadError, drain, parse_multipart
+from app.generations.multipart import (
+    FileField,
+    ReferenceFile,
+    UploadError,
+    drain,
+    parse_multipart,
+)
 
 MAX_PROMPT_CHARS = 32_000
 MAX_N = 4
@@ -42,6 +48,9 @@ class GenerationInput:
     n: int
     is_async: bool
     output_format: str
+    # Passed through to the provider (the /v1 API's background, moderation, output_compression,
+    # input_fidelity, user, partial_images); empty from /api/v1.
+    options: dict[str, Any] = field(default_factory=dict)
 
     @property
     def credits_requested(self) -> int:
@@ -56,6 +65,8 @@ class GenerationInput:
             "async": self.is_async, "output_format": self.output_format,
             "references": reference_hashes,
         }
+        if self.options:  # (absent from /api/v1 requests: their fingerprints stay as they were)
+            canonical["options"] = self.options
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -72,21 +83,25 @@ def media_type(request: Request) -> str:
 
 
 @contextlib.asynccontextmanager
-async def read_body(request: Request, *, catalog: Catalog,
-                    max_file_bytes: int) -> AsyncIterator[RequestBody]:
-    """The fields and the reference images (temp files, deleted when the block ends)."""
+async def read_body(request: Request, *, catalog: Catalog, max_file_bytes: int,
+                    file_fields: dict[str, FileField] | None = None,
+                    json_allowed: bool = True) -> AsyncIterator[RequestBody]:
+    """The fields and the image files (temp files, deleted when the block ends): JSON, or
+    multipart with the files of `file_fields` (default: reference_image)."""
     kind = media_type(request)
-    if kind == "application/json" or kind.endswith("+json"):
+    if json_allowed and (kind == "application/json" or kind.endswith("+json")):
         yield RequestBody(await read_json(request))
         return
     if kind != "multipart/form-data":
-        raise InvalidRequest("Content-Type must be application/json or multipart/form-data")
+        raise InvalidRequest("Content-Type must be application/json or multipart/form-data"
+                             if json_allowed else "Content-Type must be multipart/form-data")
     tmp = Path(tempfile.mkdtemp(prefix="gih-upload-"))
     try:
         try:
             form = await parse_multipart(
                 request.stream(), request.headers["content-type"], tmp_dir=tmp,
-                max_file_bytes=max_file_bytes, max_files=catalog.max_reference_images)
+                max_file_bytes=max_file_bytes, max_files=catalog.max_reference_images,
+                file_fields=file_fields)
         except UploadError as exc:
             await drain_quietly(request)
             raise InvalidRequest(exc.message, param=exc.param) from None

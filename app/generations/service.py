@@ -8,7 +8,7 @@ twice never refunds twice.
 
 import asyncio
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
@@ -45,12 +45,18 @@ class Accepted:
 
 async def accept(session: AsyncSession, principal: Principal, wanted: GenerationInput, *,
                  generation_id: str, references: list[ReferenceImage], fingerprint: str,
-                 idempotency_key: str | None) -> Accepted:
+                 idempotency_key: str | None, retry_window: timedelta | None = None
+                 ) -> Accepted:
     """Write the generation, its references and its charge (InsufficientCredits: nothing is
-    written), or return the earlier generation of the same Idempotency-Key."""
+    written), or return the earlier generation this request repeats: the same Idempotency-Key,
+    or (given `retry_window`) the same request by the same key, recently, not failed."""
     user_id = principal.user.id
     if idempotency_key:
         earlier = await find_replay(session, user_id, idempotency_key, fingerprint)
+        if earlier:
+            return Accepted(earlier, created=False)
+    elif retry_window is not None:
+        earlier = await find_retried(session, principal, fingerprint, retry_window)
         if earlier:
             return Accepted(earlier, created=False)
     now = utcnow()
@@ -62,6 +68,7 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
         output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
         reference_count=len(references), credits_requested=wanted.credits_requested,
+        options=wanted.options or None,
         idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
         created_at=now, heartbeat_at=now)
     if idempotency_key:
@@ -96,6 +103,20 @@ async def find_replay(session: AsyncSession, user_id: str, idempotency_key: str,
     return earlier
 
 
+async def find_retried(session: AsyncSession, principal: Principal, fingerprint: str,
+                       window: timedelta) -> Generation | None:
+    """The latest generation of this key with this fingerprint within `window` that did not
+    fail (a failed one was refunded: its retry is a new generation)."""
+    return await session.scalar(
+        select(Generation)
+        .where(Generation.user_id == principal.user.id,
+               Generation.api_key_id == principal.key_id,
+               Generation.request_hash == fingerprint,
+               Generation.created_at > utcnow() - window,
+               Generation.status != GenerationStatus.FAILED)
+        .order_by(Generation.created_at.desc()).limit(1))
+
+
 async def release_idempotency_key(session: AsyncSession, generation_id: str) -> None:
     """So that the client's retry starts afresh (used when the job could not be queued)."""
     await session.execute(update(Generation).where(Generation.id == generation_id)
@@ -112,14 +133,14 @@ async def claim(session: AsyncSession, generation_id: str,
     generation.status = GenerationStatus.RUNNING
     generation.started_at = generation.started_at or now
     generation.heartbeat_at = now
-    return generation, await references_of(session, generation)
+    references = await references_of(session, generation_id) if generation.reference_count else []
+    return generation, references
 
 
-async def references_of(session: AsyncSession, generation: Generation) -> list[ReferenceImage]:
-    if not generation.reference_count:
-        return []
+async def references_of(session: AsyncSession, generation_id: str) -> list[ReferenceImage]:
+    """The stored inputs of a generation (reference images, then the mask), in order."""
     return list(await session.scalars(
-        select(ReferenceImage).where(ReferenceImage.generation_id == generation.id)
+        select(ReferenceImage).where(ReferenceImage.generation_id == generation_id)
         .order_by(ReferenceImage.index)))
 
 
@@ -156,12 +177,22 @@ async def finish_succeeded(session: AsyncSession, generation_id: str,
         generation.credits_refunded = owed
     generation.status = GenerationStatus.SUCCEEDED
     generation.provider_usage = usage
+    generation.input_tokens, generation.output_tokens = token_counts(usage)
     generation.completed_at = now
     return generation
 
 
+def token_counts(usage: dict[str, object] | None) -> tuple[int | None, int | None]:
+    """The provider's input and output tokens, when it reported them."""
+    def count(name: str) -> int | None:
+        value = (usage or {}).get(name)
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+    return count("input_tokens"), count("output_tokens")
+
+
 async def finish_failed(session: AsyncSession, generation_id: str, message: str,
-                        code: ErrorCode = ErrorCode.GENERATION_FAILED) -> Generation | None:
+                        code: ErrorCode = ErrorCode.GENERATION_FAILED, *,
+                        retryable: bool = False) -> Generation | None:
     """Fail the generation and refund everything it still holds; None if already final."""
     generation = await session.get(Generation, generation_id, with_for_update=True)
     if generation is None or generation.status.is_final:
@@ -174,6 +205,7 @@ async def finish_failed(session: AsyncSession, generation_id: str, message: str,
     generation.status = GenerationStatus.FAILED
     generation.error_code = code
     generation.error_message = message
+    generation.retryable = retryable
     generation.completed_at = utcnow()
     return generation
 
@@ -214,14 +246,13 @@ async def delivered_keys(session: AsyncSession, generation_id: str) -> set[str]:
 
 
 async def final_with_references(session: AsyncSession, *, ended_before: datetime,
-                                limit: int = 100) -> list[Generation]:
-    """Final generations whose reference images are still stored (for the sweep)."""
+                                limit: int = 100) -> list[str]:
+    """Ids of final generations whose reference images are still stored (for the sweep)."""
     return list(await session.scalars(
-        select(Generation)
+        select(Generation.id).distinct()
+        .join(ReferenceImage, ReferenceImage.generation_id == Generation.id)
         .where(Generation.status.not_in(UNFINISHED_STATUSES),
-               Generation.completed_at < ended_before,
-               select(ReferenceImage.id)
-               .where(ReferenceImage.generation_id == Generation.id).exists())
+               Generation.completed_at < ended_before)
         .limit(limit)))
 
 

@@ -1,6 +1,13 @@
-"""The contract's error envelope, for every route and every failure."""
+"""The contract's error envelope, for every route and every failure.
+
+Every handler describes the failure as an `Failure` and `answer()` shapes it: the contract's
+envelope by default, or the shape of the API surface the path belongs to (the OpenAI-compatible
+`/v1` adds `type`, `param` and `x-should-retry`), registered with `register_surface()`.
+"""
 
 import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -14,9 +21,41 @@ from app.errors import ApiError, ErrorCode, error_body, is_unavailable
 log = logging.getLogger("gih.errors")
 
 
+@dataclass
+class Failure:
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    retry: bool = False  # the same request could succeed if sent again, charged once
+
+
+Shape = Callable[[Failure], JSONResponse]
+SURFACES: list[tuple[str, Shape]] = []
+
+
+def register_surface(prefix: str, shape: Shape) -> None:
+    """Errors on paths under `prefix` are shaped by `shape`."""
+    SURFACES[:] = [(p, s) for p, s in SURFACES if p != prefix] + [(prefix, shape)]
+
+
+def envelope(failure: Failure) -> JSONResponse:
+    return JSONResponse(error_body(failure.code, failure.message, **failure.extra),
+                        status_code=failure.status, headers=failure.headers)
+
+
+def answer(path: str, failure: Failure) -> JSONResponse:
+    for prefix, shape in SURFACES:
+        if path.startswith(prefix):
+            return shape(failure)
+    return envelope(failure)
+
+
 def error_response(status: int, code: str, message: str, *,
                    headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
-    return JSONResponse(error_body(code, message, **extra), status_code=status, headers=headers)
+    """The contract's envelope, for answers that are errors by design (e.g. /readyz)."""
+    return envelope(Failure(status, code, message, headers, extra))
 
 
 HTTP_CODES = {404: ErrorCode.NOT_FOUND, 405: ErrorCode.METHOD_NOT_ALLOWED,
@@ -35,25 +74,26 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
-    async def _api_error(_request: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, headers=exc.headers(),
-                              **exc.extra)
+    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return answer(request.url.path, Failure(exc.status, exc.code, exc.message,
+                                                exc.headers(), exc.extra, exc.retry))
 
     @app.exception_handler(RequestValidationError)
-    async def _validation(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
         message, param = _describe_validation(exc)
         extra: dict[str, Any] = {"param": param} if param else {}
-        return error_response(400, ErrorCode.INVALID_REQUEST, message, **extra)
+        return answer(request.url.path,
+                      Failure(400, ErrorCode.INVALID_REQUEST, message, extra=extra))
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = HTTP_CODES.get(exc.status_code, ErrorCode.INVALID_REQUEST)
         if exc.status_code >= 500:
             code = ErrorCode.INTERNAL_ERROR
         message = {404: "no such route", 405: "method not allowed"}.get(
             exc.status_code, str(exc.detail))
-        return error_response(exc.status_code, code, message,
-                              headers=getattr(exc, "headers", None))
+        return answer(request.url.path, Failure(exc.status_code, code, message,
+                                                getattr(exc, "headers", None)))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
@@ -64,11 +104,11 @@ def crash_response(method: str, path: str, exc: BaseException) -> JSONResponse:
     """503 when a dependency is unreachable, else 500; never the internals."""
     if isinstance(exc, ClientDisconnect):  # nobody is listening; not a server error
         log.info("client disconnected during %s %s", method, path)
-        return error_response(400, ErrorCode.INVALID_REQUEST,
-                              "the client disconnected mid-request")
+        return answer(path, Failure(400, ErrorCode.INVALID_REQUEST,
+                                    "the client disconnected mid-request"))
     if is_unavailable(exc):
         log.warning("dependency unavailable on %s %s: %r", method, path, exc)
-        return error_response(503, ErrorCode.SERVICE_UNAVAILABLE,
-                              "a dependency is unavailable, retry later")
+        return answer(path, Failure(503, ErrorCode.SERVICE_UNAVAILABLE,
+                                    "a dependency is unavailable, retry later", retry=True))
     log.error("unhandled error on %s %s", method, path, exc_info=exc)
-    return error_response(500, ErrorCode.INTERNAL_ERROR, "internal server error")
+    return answer(path, Failure(500, ErrorCode.INTERNAL_ERROR, "internal server error"))

@@ -4,7 +4,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from app.storage.base import StorageError
@@ -34,6 +34,14 @@ class LocalStorage:
         if not source.is_file():
             raise StorageError(f"missing object {key}")
         await self._run(shutil.copyfile, source, path)
+
+    async def read_chunks(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        try:
+            with self.path(key).open("rb") as file:
+                while chunk := await asyncio.to_thread(file.read, chunk_size):
+                    yield chunk
+        except OSError as exc:
+            raise StorageError(f"local storage: {exc}") from exc
 
     @staticmethod
     async def _run(action: Callable[..., object], *args: object) -> None:

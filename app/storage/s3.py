@@ -3,7 +3,9 @@
 import asyncio
 import logging
 import os
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 from app.config import Settings
 from app.storage.base import StorageError
@@ -72,6 +74,20 @@ class S3Storage:
         except (BotoCoreError, ClientError, OSError) as exc:
             raise StorageError(f"S3 download failed: {exc}") from exc
 
+    async def read_chunks(self, key: str, chunk_size: int) -> AsyncIterator[bytes]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = await asyncio.to_thread(self.client.get_object, Bucket=self.bucket, Key=key)
+            body = answer["Body"]
+            try:
+                while chunk := await asyncio.to_thread(read_exactly, body, chunk_size):
+                    yield chunk
+            finally:
+                body.close()
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise StorageError(f"S3 read failed: {exc}") from exc
+
     async def delete(self, keys: list[str]) -> None:
         if keys:
             await self._call("delete_objects", Bucket=self.bucket,
@@ -103,3 +119,15 @@ class S3Storage:
                     raise
         except Exception as exc:
             raise StorageError(f"S3 unreachable: {exc}") from exc
+
+
+def read_exactly(body: Any, size: int) -> bytes:
+    """`size` bytes of a botocore stream (its read() may return fewer), fewer only at the end."""
+    parts, left = [], size
+    while left > 0:
+        part = body.read(left)
+        if not part:
+            break
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)

@@ -45,8 +45,9 @@ CODES = {
     409: {"idempotencyConflict"},
     500: {"generationFailed", "internalError"},
     503: {"serviceUnavailable"},
+    504: {"generationPending"},
 }
-SUCCESS_OBJECTS = {"list", "credit_balance", "image_generation"}
+SUCCESS_OBJECTS = {"list", "credit_balance", "image_generation", "model"}
 SEEN: dict[str, dict[int, int]] = {}
 REASONS: dict[str, int] = {}
 
@@ -88,11 +89,20 @@ def contract_envelope(ctx, response, case) -> bool:
     assert status != 422, f"{label}: FastAPI's 422 leaked: {response.text[:300]}"
     assert status < 500, f"{label}: server error: {response.text[:500]}"
     content_type = ", ".join(response.headers.get("content-type", []))
+    openai_surface = case.operation.path.startswith("/v1/")
+    if openai_surface and status == 200 and content_type.startswith("text/event-stream"):
+        assert "data: " in response.text, label  # a stream asked for with stream: true
+        return True
     assert content_type.startswith("application/json"), f"{label}: content-type {content_type}"
     body = response.json()
     assert isinstance(body, dict), f"{label}: not a JSON object: {response.text[:200]}"
     assert "detail" not in body, f"{label}: FastAPI's detail body: {response.text[:300]}"
-    if 200 <= status < 300:
+    if openai_surface and status >= 400:  # OpenAI's shape, and whether to retry
+        assert response.headers.get("x-should-retry") in (["true"], ["false"]), label
+        assert body["error"].get("type"), label
+    if 200 <= status < 300 and openai_surface and case.operation.method.upper() == "POST":
+        assert isinstance(body.get("created"), int) and body.get("data"), label
+    elif 200 <= status < 300:
         assert body.get("object") in SUCCESS_OBJECTS, f"{label}: {response.text[:300]}"
         if case.operation.method.upper() == "POST":
             assert body.get("balance") is not None, f"{label}: no balance"

@@ -41,7 +41,8 @@ from tests.test_generation_requests import BASE, PNG_BYTES
 # Every raw key this module issues; the database dump at the end must hold none of them.
 ISSUED: list[str] = []
 PUBLIC_PATHS = {"/api/v1/models", "/api/v1/credits", "/api/v1/images/generations",
-                "/api/v1/generations/{generation_id}"}
+                "/api/v1/generations/{generation_id}", "/v1/models", "/v1/models/{model_id}",
+                "/v1/images/generations", "/v1/images/edits"}
 
 
 def cli_env(pg_url: str) -> dict[str, str]:
