@@ -324,21 +324,59 @@ def test_a_long_generation_answers_504_pending_and_is_billed_once(
     assert impatient.balance(key) == 8 and len(openai_fake.requests()) == 1
 
 
-def test_a_dropped_stream_still_ends_the_generation(server: Server,
-                                                    openai_fake) -> None:
-    openai_fake.configure(latency_ms=1000)
+def test_a_stream_dropped_halfway_still_ends_the_generation(server: Server,
+                                                            openai_fake) -> None:
+    """The client reads the first partial image and goes away; upstream stalls after it (in
+    production), so the job's provider call times out: refunded, and the books balance."""
+    openai_fake.configure(stream_stall_after=1)
     key = server.account(16)
-    stream = server.client(key).images.with_raw_response.generate(
-        prompt=PROMPT, stream=True, partial_images=3)
-    generation_id = stream.headers["x-gih-generation-id"]
-    stream.http_response.close()  # the client goes away before anything arrived
+    with server.client(key).images.with_streaming_response.generate(
+            prompt=PROMPT, stream=True, partial_images=3) as answer:
+        generation_id = answer.headers["x-gih-generation-id"]
+        first = next(iter(answer.parse()))
+        assert first.type == "image_generation.partial_image"
     deadline = time.monotonic() + 30
-    while server.api(key, f"/api/v1/generations/{generation_id}")["status"] not in (
+    while (status := server.api(key, f"/api/v1/generations/{generation_id}")["status"]) not in (
             "succeeded", "failed"):
         assert time.monotonic() < deadline
         time.sleep(0.2)
-    assert server.balance(key) in (8, 16)
+    assert server.balance(key) == (8 if status == "succeeded" else 16)
     assert server.audit_is_clean()
+
+
+def test_a_failed_stream_ends_with_an_error_event_after_the_refund(production: Server,
+                                                                   openai_fake) -> None:
+    openai_fake.reset()
+    openai_fake.configure(fail_status=400, fail_message="Your request was rejected.")
+    key = production.account(8)
+    stream = production.client(key).images.generate(prompt=PROMPT, stream=True,
+                                                    partial_images=1)
+    with pytest.raises(openai.APIError) as failed:
+        list(stream)
+    assert failed.value.body["code"] == "generationFailed"  # type: ignore[index]
+    assert production.balance(key) == 8 and production.audit_is_clean()
+
+
+def test_killing_the_api_mid_stream_loses_nothing(prod_env: dict[str, str], session_worker,
+                                                  openai_fake, tmp_path: Path) -> None:
+    """The job runs in the worker: SIGKILL of the API while it streams changes nothing."""
+    openai_fake.reset()
+    openai_fake.configure(latency_ms=1500)
+    for server in serve(prod_env, tmp_path):
+        key = server.account(8)
+        with server.client(key).images.with_streaming_response.generate(
+                prompt=PROMPT, stream=True, partial_images=2) as answer:
+            generation_id = answer.headers["x-gih-generation-id"]
+            server.process.kill()
+            server.process.wait(10)
+        with pytest.raises(openai.APIConnectionError):
+            server.client(key, max_retries=0).models.list()
+    for server in serve(prod_env, tmp_path):  # a new API on the same stack
+        deadline = time.monotonic() + 30
+        while server.api(key, f"/api/v1/generations/{generation_id}")["status"] != "succeeded":
+            assert time.monotonic() < deadline
+            time.sleep(0.2)
+        assert server.balance(key) == 0 and server.audit_is_clean()
 
 
 # --- usage --------------------------------------------------------------------------------
