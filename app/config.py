@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     secret_key: str | None = None
     sync_timeout_s: float = Field(800.0, gt=0)
     openai_wait_s: float = Field(570.0, gt=0)
+    webhook_allow_private: bool = False
+    rate_limit_per_min: int | None = Field(None, ge=1)
+    max_concurrent_generations: int | None = Field(None, ge=1)
     catalog_path: Path | None = None
     max_reference_image_bytes: int = Field(50 * 1024 * 1024, gt=0)
     provider_timeout_s: float = Field(180.0, gt=0)
@@ -66,7 +69,7 @@ class Settings(BaseSettings):
 
     @field_validator("public_base_url", "redis_url", "s3_bucket", "s3_endpoint_url",
                      "s3_public_base_url", "s3_presign_endpoint_url", "secret_key", "catalog_path",
-                     "provider",
+                     "provider", "rate_limit_per_min", "max_concurrent_generations",
                      mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

@@ -19,9 +19,12 @@ class ErrorCode(StrEnum):
     INVALID_API_KEY = "invalidApiKey"
     EXPIRED_API_KEY = "expiredApiKey"
     INSUFFICIENT_CREDITS = "insufficientCredits"
+    KEY_LIMIT_REACHED = "keyLimitReached"
     NOT_FOUND = "notFound"
     METHOD_NOT_ALLOWED = "methodNotAllowed"
     IDEMPOTENCY_CONFLICT = "idempotencyConflict"
+    NOT_CANCELABLE = "notCancelable"
+    RATE_LIMITED = "rateLimited"
     GENERATION_FAILED = "generationFailed"
     INTERNAL_ERROR = "internalError"
     SERVICE_UNAVAILABLE = "serviceUnavailable"
@@ -70,6 +73,28 @@ class InsufficientCredits(ApiError):
     code = ErrorCode.INSUFFICIENT_CREDITS
 
 
+class KeyLimitReached(ApiError):
+    """The key's own credit limit for its period would be passed; nothing is charged."""
+
+    status = 402
+    code = ErrorCode.KEY_LIMIT_REACHED
+
+
+class RateLimited(ApiError):
+    """The key's request rate or concurrency limit is reached; nothing is charged."""
+
+    status = 429
+    code = ErrorCode.RATE_LIMITED
+    retry = True
+
+    def __init__(self, message: str, *, retry_after_s: int, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.retry_after_s = max(1, retry_after_s)
+
+    def headers(self) -> dict[str, str]:
+        return {"Retry-After": str(self.retry_after_s)}
+
+
 class NotFound(ApiError):
     status = 404
     code = ErrorCode.NOT_FOUND
@@ -83,6 +108,11 @@ class MethodNotAllowed(ApiError):
 class IdempotencyConflict(ApiError):
     status = 409
     code = ErrorCode.IDEMPOTENCY_CONFLICT
+
+
+class NotCancelable(ApiError):
+    status = 409
+    code = ErrorCode.NOT_CANCELABLE
 
 
 class DuplicateEmail(ApiError):

@@ -21,7 +21,7 @@ from sqlalchemy import (
     false,
     text,
 )
-from sqlalchemy.orm import Mapped, mapped_column
+from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, BigId, UTCDateTime, utcnow
 
@@ -31,14 +31,33 @@ class GenerationStatus(StrEnum):
     RUNNING = "running"
     SUCCEEDED = "succeeded"
     FAILED = "failed"
+    CANCELED = "canceled"
 
     @property
     def is_final(self) -> bool:
         return self in FINAL_STATUSES
 
 
-FINAL_STATUSES = frozenset({GenerationStatus.SUCCEEDED, GenerationStatus.FAILED})
+FINAL_STATUSES = frozenset({GenerationStatus.SUCCEEDED, GenerationStatus.FAILED,
+                            GenerationStatus.CANCELED})
 UNFINISHED_STATUSES = (GenerationStatus.QUEUED, GenerationStatus.RUNNING)
+
+
+class LimitReset(StrEnum):
+    """How often a key's credit limit starts afresh (periods begin at 00:00 UTC; weeks on
+    Monday, months on the 1st)."""
+
+    DAILY = "daily"
+    WEEKLY = "weekly"
+    MONTHLY = "monthly"
+    NEVER = "never"
+
+
+class WebhookStatus(StrEnum):
+    PENDING = "pending"  # to be (re)tried at next_attempt_at
+    DELIVERED = "delivered"
+    FAILED = "failed"  # retries ran out
+    GONE = "gone"  # the receiver answered 410: never again
 
 
 class ReferenceRole(StrEnum):
@@ -85,6 +104,25 @@ class ApiKey(Base):
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Limits of this key (None: the server's default, or none); see app/limits/.
+    rate_limit: Mapped[int | None] = mapped_column(Integer)  # generation requests a minute
+    max_concurrency: Mapped[int | None] = mapped_column(Integer)  # queued or running at once
+    credit_limit: Mapped[int | None] = mapped_column(Integer)  # credits per limit_reset period
+    limit_reset: Mapped[LimitReset | None] = mapped_column(_stored_as_text(LimitReset, 8))
+
+
+class KeySpend(Base):
+    """What a key with a credit limit has spent in one period (moved with its charges and
+    refunds, in their transactions)."""
+
+    __tablename__ = "key_spend"
+
+    api_key_id: Mapped[str] = mapped_column(ForeignKey("api_keys.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    period_start: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    credits: Mapped[int] = mapped_column(Integer, default=0)
+
+    __table_args__ = (CheckConstraint("credits >= 0", name="credits_not_negative"),)
 
 
 class CreditLot(Base):
@@ -141,6 +179,11 @@ class Generation(Base):
     error_code: Mapped[str | None] = mapped_column(String(64))
     # A failure a new attempt could get past (an upstream outage), not one it would repeat.
     retryable: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The start of the key's credit-limit period this generation's charge counts in (None:
+    # no credit limit applied); its refunds give that period's allowance back.
+    spend_period: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSON)  # None: every event
     error_message: Mapped[str | None] = mapped_column(Text)
     # Each (re-)enqueue bumps `attempts`; a job only acts if it carries the current attempt.
     attempts: Mapped[int] = mapped_column(Integer, default=1)
@@ -152,7 +195,12 @@ class Generation(Base):
 
     __table_args__ = (
         UniqueConstraint("user_id", "idempotency_key"),
-        Index("ix_generations_user_created", "user_id", "created_at"),
+        # Listing newest first, with a cursor on (created_at, id); with a status filter.
+        Index("ix_generations_user_page", "user_id", "created_at", "id"),
+        Index("ix_generations_user_status_page", "user_id", "status", "created_at", "id"),
+        Index("ix_generations_key_unfinished", "api_key_id",
+              postgresql_where=text("status IN ('queued', 'running')"),
+              sqlite_where=text("status IN ('queued', 'running')")),
         Index("ix_generations_created", "created_at"),  # usage by period
         Index("ix_generations_unfinished", "status", "created_at",
               postgresql_where=text("status IN ('queued', 'running')"),
@@ -163,6 +211,24 @@ class Generation(Base):
     )
 
 
+class CreditMovement(Base):
+    """Append-only: one row per movement of credits as the user sees it (GET /credits/ledger),
+    however many lots it touched, with the balance right after it."""
+
+    __tablename__ = "credit_movements"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    kind: Mapped[LedgerKind] = mapped_column(_stored_as_text(LedgerKind, 16))
+    credits: Mapped[int] = mapped_column(Integer)
+    balance_after: Mapped[int] = mapped_column(Integer)
+    generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"))
+    note: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_credit_movements_user_page", "user_id", "id"),)
+
+
 class CreditLedgerEntry(Base):
     """Append-only: every movement of credits is one row per lot it touches."""
 
@@ -171,6 +237,9 @@ class CreditLedgerEntry(Base):
     id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
     user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     lot_id: Mapped[int | None] = mapped_column(ForeignKey("credit_lots.id"), index=True)
+    movement_id: Mapped[int | None] = mapped_column(ForeignKey("credit_movements.id"),
+                                                    index=True)
+    movement: Mapped[CreditMovement | None] = relationship()
     generation_id: Mapped[str | None] = mapped_column(ForeignKey("generations.id"))
     kind: Mapped[LedgerKind] = mapped_column(_stored_as_text(LedgerKind, 16))
     amount: Mapped[int] = mapped_column(Integer)
@@ -227,3 +296,62 @@ class ReferenceImage(Base):
                                                 server_default=ReferenceRole.IMAGE.value)
 
     __table_args__ = (UniqueConstraint("generation_id", "index"),)
+
+
+class WebhookSecret(Base):
+    """A user's signing secret, stored as a salt only: the secret is HMAC(GIH_SECRET_KEY,
+    user and salt), so a database dump holds none. A rotated one stays valid 24 h."""
+
+    __tablename__ = "webhook_secrets"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    salt: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    retired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_webhook_secrets_user", "user_id", "created_at"),)
+
+
+class WebhookEvent(Base):
+    """One event of a generation's end, written in the transaction that ends it; delivered at
+    least once by the worker."""
+
+    __tablename__ = "webhook_events"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)  # msg_...: webhook-id
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    generation_id: Mapped[str] = mapped_column(ForeignKey("generations.id", ondelete="CASCADE"))
+    type: Mapped[str] = mapped_column(String(32))  # generation.succeeded | failed | canceled
+    url: Mapped[str] = mapped_column(Text)
+    status: Mapped[WebhookStatus] = mapped_column(_stored_as_text(WebhookStatus, 16),
+                                                  default=WebhookStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (
+        UniqueConstraint("generation_id", "type"),
+        Index("ix_webhook_events_due", "next_attempt_at",
+              postgresql_where=text("status = 'pending'"),
+              sqlite_where=text("status = 'pending'")),
+        Index("ix_webhook_events_user", "user_id", "created_at"),
+    )
+
+
+class WebhookAttempt(Base):
+    """Every delivery attempt, kept (gih webhooks deliveries)."""
+
+    __tablename__ = "webhook_attempts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("webhook_events.id", ondelete="CASCADE"),
+                                          index=True)
+    attempted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    status_code: Mapped[int | None] = mapped_column(Integer)
+    error: Mapped[str | None] = mapped_column(Text)
+    duration_ms: Mapped[int] = mapped_column(Integer)
+

@@ -180,8 +180,9 @@ async def test_audit_finds_tampering(pg) -> None:
         await session.execute(update(User).where(User.id == user.id).values(credits=31))
     try:
         problems = await audit(pg)
-        assert [p.user_id for p in problems] == [user.id]
+        assert {p.user_id for p in problems} == {user.id}
         assert "balance 31 != ledger 30" in problems[0].message
+        assert "balance 31 != last balance_after 30" in problems[1].message
     finally:
         async with pg.session() as session, session.begin():
             await session.execute(update(User).where(User.id == user.id).values(credits=30))

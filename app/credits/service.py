@@ -14,7 +14,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from app.credits.schemas import Balance, NextExpiration
 from app.db import utcnow
 from app.errors import InsufficientCredits, NotFound
-from app.models import CreditLedgerEntry, CreditLot, LedgerKind, User
+from app.models import CreditLedgerEntry, CreditLot, CreditMovement, LedgerKind, User
 
 
 class AlreadyRefunded(Exception):
@@ -48,12 +48,24 @@ async def grant(session: AsyncSession, user_id: str, amount: int, *,
                     source=source, note=note, created_at=now)
     session.add(lot)
     await session.flush()
-    session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind=LedgerKind.GRANT,
-                                  amount=amount,
-                                  note=note, created_at=now))
     user.credits += amount
+    movement = _movement(session, user, LedgerKind.GRANT, amount, now, note=note)
+    session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind=LedgerKind.GRANT,
+                                  amount=amount, note=note, created_at=now, movement=movement))
     await session.flush()
     return lot
+
+
+def _movement(session: AsyncSession, user: User, kind: LedgerKind, credits: int,
+              now: datetime, *, generation_id: str | None = None,
+              note: str | None = None) -> CreditMovement:
+    """The user-facing row of a movement, with the balance after it (call once the cached
+    balance has moved)."""
+    movement = CreditMovement(user_id=user.id, kind=kind, credits=credits,
+                              balance_after=user.credits, generation_id=generation_id,
+                              note=note, created_at=now)
+    session.add(movement)
+    return movement
 
 
 async def charge(session: AsyncSession, user_id: str, amount: int, *,
@@ -77,19 +89,21 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
         raise InsufficientCredits(
             f"this request needs {amount} credits; the balance is {user.credits}",
             credits_required=amount, credits_available=user.credits)
+    user.credits -= amount
+    movement = _movement(session, user, LedgerKind.CHARGE, -amount, now,
+                         generation_id=generation_id, note=note)
     left = amount
     for lot in lots:
         take = min(left, lot.remaining)
         lot.remaining -= take
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, generation_id=generation_id,
                                       kind=LedgerKind.CHARGE, amount=-take, note=note,
-                                      created_at=now))
+                                      created_at=now, movement=movement))
         left -= take
         if left == 0:
             break
     if left:  # users.credits disagrees with the lots: refuse rather than overdraw
         raise RuntimeError(f"ledger inconsistent for user {user.id}: lots short by {left}")
-    user.credits -= amount
     await session.flush()
     return Balance(credits=user.credits, account_type=user.account_type,
                    next_expiration=_next_expiration(lots))
@@ -133,17 +147,19 @@ async def refund(session: AsyncSession, user_id: str, generation_id: str, amount
         raise ValueError(f"refund of {amount} exceeds the charge of generation {generation_id}")
     lots = {lot.id: lot for lot in await session.scalars(
         select(CreditLot).where(CreditLot.id.in_([m.lot_id for m in charges])).with_for_update())}
+    user.credits += amount
+    movement = _movement(session, user, LedgerKind.REFUND, amount, now,
+                         generation_id=generation_id, note=note)
     left = amount
     for entry in sorted(charges, key=lambda m: _latest_first(lots[m.lot_id or 0])):
         give = min(left, -entry.amount)
         lots[entry.lot_id or 0].remaining += give
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=entry.lot_id,
                                       generation_id=generation_id, kind=LedgerKind.REFUND,
-                                      amount=give, note=note, created_at=now))
+                                      amount=give, note=note, created_at=now, movement=movement))
         left -= give
         if left == 0:
             break
-    user.credits += amount
     await session.flush()
     await _expire_due(session, user, now)  # a refund into a lot that has expired meanwhile
     return user.credits
@@ -169,13 +185,16 @@ async def _expire_due(session: AsyncSession, user: User, now: datetime) -> int:
 
 def _write_off(session: AsyncSession, user: User, lots: list[CreditLot], now: datetime) -> int:
     """Expire what is left of these (expired, locked) lots; returns the credits written off."""
-    expired = 0
+    expired = sum(lot.remaining for lot in lots)
+    if not expired:
+        return 0
+    user.credits -= expired
+    movement = _movement(session, user, LedgerKind.EXPIRE, -expired, now, note="expired")
     for lot in lots:
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, kind=LedgerKind.EXPIRE,
-                                      amount=-lot.remaining, note="expired", created_at=now))
-        expired += lot.remaining
+                                      amount=-lot.remaining, note="expired", created_at=now,
+                                      movement=movement))
         lot.remaining = 0
-    user.credits -= expired
     return expired
 
 
@@ -210,21 +229,43 @@ class AuditProblem:
 
 
 async def audit(session: AsyncSession) -> list[AuditProblem]:
-    """Check, for every user, that balance = Σ ledger = Σ lots, and each lot = Σ its ledger rows."""
+    """Check, for every user, that balance = Σ ledger = Σ lots = Σ movements = the last
+    movement's balance_after, and each lot = Σ its ledger rows, each movement = Σ its rows."""
     ledger = dict((await session.execute(
         select(CreditLedgerEntry.user_id, func.sum(CreditLedgerEntry.amount))
         .group_by(CreditLedgerEntry.user_id))).tuples().all())
     lots = dict((await session.execute(
         select(CreditLot.user_id, func.sum(CreditLot.remaining))
         .group_by(CreditLot.user_id))).tuples().all())
+    movement_sums = dict((await session.execute(
+        select(CreditMovement.user_id, func.sum(CreditMovement.credits))
+        .group_by(CreditMovement.user_id))).tuples().all())
+    last = select(func.max(CreditMovement.id)).group_by(CreditMovement.user_id).scalar_subquery()
+    after = dict((await session.execute(
+        select(CreditMovement.user_id, CreditMovement.balance_after)
+        .where(CreditMovement.id.in_(last)))).tuples().all())
     problems = []
     for user in await session.scalars(select(User).order_by(User.email)):
         in_ledger = int(ledger.get(user.id) or 0)
         in_lots = int(lots.get(user.id) or 0)
-        if not user.credits == in_ledger == in_lots:
+        in_movements = int(movement_sums.get(user.id) or 0)
+        if not user.credits == in_ledger == in_lots == in_movements:
+            problems.append(AuditProblem(
+                user.id, user.email, f"balance {user.credits} != ledger {in_ledger} != lots "
+                                     f"{in_lots} != movements {in_movements}"))
+        if after.get(user.id, 0) != user.credits:
             problems.append(AuditProblem(
                 user.id, user.email,
-                f"balance {user.credits} != ledger {in_ledger} != lots {in_lots}"))
+                f"balance {user.credits} != last balance_after {after.get(user.id, 0)}"))
+    per_movement = await session.execute(
+        select(CreditMovement.id, CreditMovement.user_id, CreditMovement.credits,
+               func.coalesce(func.sum(CreditLedgerEntry.amount), 0))
+        .outerjoin(CreditLedgerEntry, CreditLedgerEntry.movement_id == CreditMovement.id)
+        .group_by(CreditMovement.id, CreditMovement.user_id, CreditMovement.credits)
+        .having(CreditMovement.credits != func.coalesce(func.sum(CreditLedgerEntry.amount), 0)))
+    for movement_id, user_id, credits, rows in per_movement:
+        problems.append(AuditProblem(user_id, "?", f"movement {movement_id}: {credits} != Σ "
+                                                   f"its ledger rows {rows}"))
     per_lot = await session.execute(
         select(CreditLot.id, CreditLot.user_id, CreditLot.remaining,
                func.coalesce(func.sum(CreditLedgerEntry.amount), 0))

@@ -42,7 +42,7 @@ async def create_generation(request: Request, response: Response, principal: Cur
     async with read_body(request, catalog=rt.catalog,
                          max_file_bytes=rt.settings.max_reference_image_bytes) as body:
         wanted = parse_input(body.fields, rt.catalog, reference_count=len(body.references))
-        accepted = await flow.submit(rt, principal, wanted, body.references,
+        accepted = await flow.submit(rt, request, principal, wanted, body.references,
                                      idempotency_key=key)
     generation_id = accepted.generation.id
     note(request, generation_id=generation_id)

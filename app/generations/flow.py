@@ -5,25 +5,35 @@ live here, beside the job wrappers, not in `service`."""
 
 from datetime import timedelta
 
+from fastapi import Request
+
 from app.generations import images, jobs
 from app.generations import service as generations
 from app.generations.multipart import ReferenceFile
 from app.generations.request import GenerationInput
 from app.ids import new_id
 from app.keys.service import Principal
+from app.limits import service as limits
 from app.ops import metrics
+from app.ops.middleware import add_headers
 from app.runtime import Runtime
+from app.webhooks import service as webhooks
 
 # A request the OpenAI SDK retries (x-stainless-retry-count > 0) is matched to the same
 # request of the same key within this window, so a retry never pays twice.
 RETRY_WINDOW = timedelta(minutes=15)
 
 
-async def submit(rt: Runtime, principal: Principal, wanted: GenerationInput,
+async def submit(rt: Runtime, request: Request, principal: Principal, wanted: GenerationInput,
                  files: list[ReferenceFile], *, idempotency_key: str | None = None,
                  sdk_retry: bool = False) -> generations.Accepted:
     """The accepted generation: a new one (charged, its job queued), or the earlier one this
-    request repeats (an Idempotency-Key replay, or an SDK retry)."""
+    request repeats (an Idempotency-Key replay, or an SDK retry). The key's rate limit counts
+    the request first; its x-ratelimit-* headers go on the answer, whatever it is."""
+    rate = await limits.check_rate(rt, principal)
+    add_headers(request, limits.rate_headers(rate))
+    await webhooks.check_target(wanted.webhook_url,
+                                allow_private=rt.settings.webhook_allow_private)
     fingerprint = wanted.fingerprint([ref.sha256 for ref in files])
     generation_id = new_id("gen")
     references = await images.store_references(rt.storage, rt.secret, generation_id, files)
@@ -32,7 +42,7 @@ async def submit(rt: Runtime, principal: Principal, wanted: GenerationInput,
             accepted = await generations.accept(
                 session, principal, wanted, generation_id=generation_id,
                 references=references, fingerprint=fingerprint, idempotency_key=idempotency_key,
-                retry_window=RETRY_WINDOW if sdk_retry else None)
+                settings=rt.settings, retry_window=RETRY_WINDOW if sdk_retry else None)
     except BaseException:
         await images.discard(rt.storage, [row.storage_key for row in references])
         raise

@@ -26,6 +26,7 @@ from app.providers.base import ImageRequest, ImageResult, OnPartial, PartialImag
 from app.queue import QueueUnavailable
 from app.runtime import Runtime
 from app.storage.base import StorageError
+from app.webhooks import jobs as webhooks
 
 log = logging.getLogger("gih.generations.jobs")
 
@@ -87,6 +88,7 @@ async def conclude(rt: Runtime, generation_id: str, final: Generation | None, *,
     (when this call made it final), and delete what the final generation no longer needs."""
     await announce(rt, generation_id)
     if final is not None:
+        await webhooks.dispatch(rt, generation_id)
         elapsed = time.perf_counter() - started if started is not None else 0.0
         log_outcome(rt, final, attempt, elapsed)
         if final.reference_count:
@@ -256,6 +258,7 @@ async def sweep(rt: Runtime) -> SweepReport:
         if await requeue(rt, gen.id, gen.attempts):
             report.requeued += 1
     await clean_references(rt, ended_before=now - REFERENCE_CLEANUP_AFTER)
+    await webhooks.deliver_due(rt)
     metrics.sweep_actions.labels("requeued").inc(report.requeued)
     metrics.sweep_actions.labels("failed").inc(report.failed)
     if report.requeued or report.failed:

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from fastapi import Request
 from python_multipart.multipart import parse_options_header
@@ -34,6 +35,8 @@ MAX_JSON_BYTES = 1024 * 1024
 DRAIN_LIMIT_BYTES = 64 * 1024 * 1024
 TRUE_WORDS = {"true": True, "1": True, "false": False, "0": False}
 ASCII_INTEGER = re.compile(r"[0-9]{1,6}")
+MAX_WEBHOOK_URL = 2048
+WEBHOOK_EVENTS = ("generation.succeeded", "generation.failed", "generation.canceled")
 # The database cannot store NUL characters or lone UTF-16 surrogates.
 UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Letters that render as nothing (Unicode calls them letters, not spaces or format characters).
@@ -51,6 +54,8 @@ class GenerationInput:
     # Passed through to the provider (the /v1 API's background, moderation, output_compression,
     # input_fidelity, user, partial_images); empty from /api/v1.
     options: dict[str, Any] = field(default_factory=dict)
+    webhook_url: str | None = None
+    webhook_events: tuple[str, ...] | None = None  # None: every event
 
     @property
     def credits_requested(self) -> int:
@@ -67,6 +72,8 @@ class GenerationInput:
         }
         if self.options:  # (absent from /api/v1 requests: their fingerprints stay as they were)
             canonical["options"] = self.options
+        if self.webhook_url:
+            canonical["webhook"] = [self.webhook_url, self.webhook_events]
         return hashlib.sha256(json.dumps(canonical, sort_keys=True).encode()).hexdigest()
 
 
@@ -230,5 +237,37 @@ def parse_input(fields: dict[str, Any], catalog: Catalog, *,
                                 quality=_text(fields, "quality") or None)
     except CatalogError as exc:
         raise InvalidRequest(exc.message, param=exc.param) from None
+    url, events = webhook_of(fields)
     return GenerationInput(model=model, prompt=prompt, resolved=resolved, n=n,
-                           is_async=_boolean(fields, "async"), output_format=output_format)
+                           is_async=_boolean(fields, "async"), output_format=output_format,
+                           webhook_url=url, webhook_events=events)
+
+
+def webhook_of(fields: dict[str, Any]) -> tuple[str | None, tuple[str, ...] | None]:
+    """`webhook_url` (http or https, at most 2,048 characters) and `webhook_events` (a list,
+    or in a form a comma-separated value; default: every event). Whether the host is public is
+    checked apart (it needs a DNS lookup)."""
+    url = _text(fields, "webhook_url")
+    if not url:
+        if fields.get("webhook_events") is not None:
+            raise InvalidRequest("webhook_events needs a webhook_url", param="webhook_events")
+        return None, None
+    if len(url) > MAX_WEBHOOK_URL:
+        raise InvalidRequest(f"webhook_url is longer than {MAX_WEBHOOK_URL:,} characters",
+                             param="webhook_url")
+    parts = urlsplit(url)
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
+        raise InvalidRequest("webhook_url must be an http or https URL", param="webhook_url")
+    raw = fields.get("webhook_events")
+    if raw is None:
+        return url, None
+    if isinstance(raw, str):
+        raw = [name.strip() for name in raw.split(",") if name.strip()]
+    if not isinstance(raw, list) or not raw or not all(isinstance(n, str) for n in raw):
+        raise InvalidRequest("webhook_events must be a non-empty list of event names",
+                             param="webhook_events")
+    unknown = sorted(set(raw) - set(WEBHOOK_EVENTS))
+    if unknown:
+        raise InvalidRequest(f"unknown webhook_events {unknown}; known: "
+                             f"{', '.join(WEBHOOK_EVENTS)}", param="webhook_events")
+    return url, tuple(name for name in WEBHOOK_EVENTS if name in raw)

@@ -14,13 +14,15 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
+from app.config import Settings
 from app.credits import service as credits
 from app.credits.schemas import Balance
 from app.db import utcnow
-from app.errors import ErrorCode, IdempotencyConflict, NotFound
+from app.errors import ErrorCode, IdempotencyConflict, NotCancelable, NotFound
 from app.generations.request import GenerationInput
 from app.ids import new_id
 from app.keys.service import Principal
+from app.limits import service as limits
 from app.models import (
     UNFINISHED_STATUSES,
     Generation,
@@ -31,6 +33,7 @@ from app.models import (
 )
 from app.providers.base import GeneratedImage
 from app.queue import JobQueue
+from app.webhooks import service as webhooks
 
 RECHECK_S = 15.0  # a waiting request re-reads the database this often if no wake-up comes
 GENERATION_ID = "gen_"
@@ -45,8 +48,8 @@ class Accepted:
 
 async def accept(session: AsyncSession, principal: Principal, wanted: GenerationInput, *,
                  generation_id: str, references: list[ReferenceImage], fingerprint: str,
-                 idempotency_key: str | None, retry_window: timedelta | None = None
-                 ) -> Accepted:
+                 idempotency_key: str | None, settings: Settings,
+                 retry_window: timedelta | None = None) -> Accepted:
     """Write the generation, its references and its charge (InsufficientCredits: nothing is
     written), or return the earlier generation this request repeats: the same Idempotency-Key,
     or (given `retry_window`) the same request by the same key, recently, not failed."""
@@ -59,6 +62,8 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         earlier = await find_retried(session, principal, fingerprint, retry_window)
         if earlier:
             return Accepted(earlier, created=False)
+    spend_period = await limits.reserve(session, principal, wanted.credits_requested,
+                                        settings=settings)
     now = utcnow()
     generation = Generation(
         id=generation_id, user_id=user_id, api_key_id=principal.key_id,
@@ -68,7 +73,9 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
         output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
         reference_count=len(references), credits_requested=wanted.credits_requested,
-        options=wanted.options or None,
+        options=wanted.options or None, spend_period=spend_period,
+        webhook_url=wanted.webhook_url,
+        webhook_events=list(wanted.webhook_events) if wanted.webhook_events else None,
         idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
         created_at=now, heartbeat_at=now)
     if idempotency_key:
@@ -174,11 +181,13 @@ async def finish_succeeded(session: AsyncSession, generation_id: str,
         owed = missing * (generation.credits_requested // generation.n)
         await credits.refund(session, generation.user_id, generation_id, owed,
                              note=f"{missing} of {generation.n} images not delivered")
+        await limits.give_back(session, generation, owed)
         generation.credits_refunded = owed
     generation.status = GenerationStatus.SUCCEEDED
     generation.provider_usage = usage
     generation.input_tokens, generation.output_tokens = token_counts(usage)
     generation.completed_at = now
+    await webhooks.record_final(session, generation)
     return generation
 
 
@@ -197,17 +206,41 @@ async def finish_failed(session: AsyncSession, generation_id: str, message: str,
     generation = await session.get(Generation, generation_id, with_for_update=True)
     if generation is None or generation.status.is_final:
         return None
-    owed = generation.credits_requested - generation.credits_refunded
-    if owed > 0:
-        await credits.refund(session, generation.user_id, generation_id, owed,
-                             note="generation failed")
-    generation.credits_refunded = generation.credits_requested
+    await refund_all(session, generation, note="generation failed")
     generation.status = GenerationStatus.FAILED
     generation.error_code = code
     generation.error_message = message
     generation.retryable = retryable
     generation.completed_at = utcnow()
+    await webhooks.record_final(session, generation)
     return generation
+
+
+async def cancel(session: AsyncSession, generation_id: str, user_id: str) -> Generation:
+    """A queued generation becomes canceled, fully refunded; its job then does nothing.
+    NotCancelable once it runs or is final; NotFound for anyone but its owner."""
+    generation = None
+    if is_generation_id(generation_id):
+        generation = await session.get(Generation, generation_id, with_for_update=True)
+    if generation is None or generation.user_id != user_id:
+        raise NotFound(f"no generation {generation_id[:64]}")
+    if generation.status != GenerationStatus.QUEUED:
+        raise NotCancelable(f"generation {generation_id} is {generation.status.value}; only a "
+                            "queued generation can be canceled", generation_id=generation_id)
+    await refund_all(session, generation, note="generation canceled")
+    generation.status = GenerationStatus.CANCELED
+    generation.completed_at = utcnow()
+    await webhooks.record_final(session, generation)
+    return generation
+
+
+async def refund_all(session: AsyncSession, generation: Generation, *, note: str) -> None:
+    """Give back everything the generation still holds (its key's allowance too)."""
+    owed = generation.credits_requested - generation.credits_refunded
+    if owed > 0:
+        await credits.refund(session, generation.user_id, generation.id, owed, note=note)
+        await limits.give_back(session, generation, owed)
+    generation.credits_refunded = generation.credits_requested
 
 
 @dataclass(frozen=True)

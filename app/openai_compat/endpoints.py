@@ -60,7 +60,7 @@ async def create_image(request: Request, principal: CurrentPrincipal,
     async with read_body(request, catalog=rt.catalog, file_fields={},
                          max_file_bytes=rt.settings.max_reference_image_bytes) as body:
         wanted = translate(body.fields, rt.catalog)
-        accepted = await flow.submit(rt, principal, wanted.generation, [],
+        accepted = await flow.submit(rt, request, principal, wanted.generation, [],
                                      sdk_retry=is_sdk_retry(request))
     return await respond(request, rt, principal, wanted, accepted, kind="image_generation")
 
@@ -74,7 +74,7 @@ async def edit_image(request: Request, principal: CurrentPrincipal,
                          max_file_bytes=rt.settings.max_reference_image_bytes) as body:
         count = sum(1 for ref in body.references if ref.role == "image")
         wanted = translate(body.fields, rt.catalog, images=count, edit=True)
-        accepted = await flow.submit(rt, principal, wanted.generation, body.references,
+        accepted = await flow.submit(rt, request, principal, wanted.generation, body.references,
                                      sdk_retry=is_sdk_retry(request))
     return await respond(request, rt, principal, wanted, accepted, kind="image_edit")
 

@@ -101,7 +101,9 @@ def translate(fields: dict[str, Any], catalog: Catalog, *, images: int = 0,
                              param="image")
     ours = {"model": model, "prompt": fields.get("prompt"), "n": fields.get("n"),
             "size": fields.get("size"), "quality": quality,
-            "output_format": fields.get("output_format")}
+            "output_format": fields.get("output_format"),
+            "webhook_url": fields.get("webhook_url"),
+            "webhook_events": fields.get("webhook_events")}
     generation = parse_input({k: v for k, v in ours.items() if v is not None}, catalog,
                              reference_count=images)
     return OpenAIRequest(generation=replace(generation, options=options),

@@ -39,6 +39,13 @@ def note(scope_or_request: Any, **fields: str) -> None:
     scope.setdefault("state", {}).setdefault("log_fields", {}).update(fields)
 
 
+def add_headers(scope_or_request: Any, headers: dict[str, str]) -> None:
+    """Headers for the request's answer, whatever it turns out to be (an error included),
+    e.g. the x-ratelimit-* of a generation request."""
+    scope = getattr(scope_or_request, "scope", scope_or_request)
+    scope.setdefault("state", {}).setdefault("response_headers", {}).update(headers)
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -62,7 +69,9 @@ class RequestMiddleware:
             if message["type"] == "http.response.start":
                 status = message["status"]
                 response_started = True
-                message["headers"] = [*message.get("headers", []), header]
+                extra = [(name.encode(), value.encode()) for name, value
+                         in scope.get("state", {}).get("response_headers", {}).items()]
+                message["headers"] = [*message.get("headers", []), header, *extra]
             elif method == "HEAD" and message["type"] == "http.response.body":
                 message = {**message, "body": b""}
             await send(message)

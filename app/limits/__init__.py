@@ -1,0 +1,1 @@
+"""Limits per API key: request rate, concurrency, and credits per period."""

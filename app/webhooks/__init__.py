@@ -1,0 +1,1 @@
+"""Webhooks: signed events of a generation's end, delivered at least once by the worker."""
