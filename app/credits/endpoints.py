@@ -1,11 +1,14 @@
-"""GET /api/v1/credits: the caller's balance."""
+"""GET /api/v1/credits (the caller's balance) and GET /api/v1/credits/ledger (its movements)."""
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Query
+
+from app.credits import ledger
 from app.credits import service as credits
-from app.credits.schemas import CreditBalance
+from app.credits.schemas import CreditBalance, CreditMovementList
 from app.deps import CurrentPrincipal, ReaderDep
-from app.openapi import AUTH_ERRORS
+from app.openapi import AUTH_ERRORS, error_doc
 
 router = APIRouter(prefix="/api/v1", tags=["credits"])
 
@@ -15,3 +18,18 @@ async def get_credits(principal: CurrentPrincipal, reader: ReaderDep) -> CreditB
     """The caller's balance, plan label and the next credits to expire."""
     balance = await credits.balance(reader, principal.user)
     return CreditBalance(**balance.model_dump())
+
+
+@router.get("/credits/ledger", responses={
+    **AUTH_ERRORS, 400: error_doc("invalid_request: a bad limit or cursor"),
+    404: error_doc("notFound: the cursor is no movement of the caller's")})
+async def get_ledger(
+    principal: CurrentPrincipal, reader: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=ledger.MAX_PAGE)] = 20,
+    starting_after: Annotated[str | None, Query(max_length=40)] = None,
+    ending_before: Annotated[str | None, Query(max_length=40)] = None,
+) -> CreditMovementList:
+    """The caller's credit movements, newest first, each with the balance right after it."""
+    return await ledger.page(reader, principal.user.id, limit=limit,
+                             starting_after=starting_after, ending_before=ending_before)
+

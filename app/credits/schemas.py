@@ -25,3 +25,22 @@ class CreditBalance(Balance):
     def _object_first(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         data = handler(self)
         return {"object": data.pop("object"), **data}
+
+
+class CreditMovementOut(Schema):
+    """One movement of the caller's credits, however many lots it touched."""
+
+    object: Literal["credit_movement"] = "credit_movement"
+    id: str
+    kind: str
+    credits: int
+    balance_after: int
+    generation_id: str | None
+    note: str | None
+    created_at: Timestamp
+
+
+class CreditMovementList(Schema):
+    object: Literal["list"] = "list"
+    data: list[CreditMovementOut]
+    has_more: bool

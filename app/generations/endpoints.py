@@ -1,25 +1,30 @@
-"""POST /api/v1/images/generations and GET /api/v1/generations/{id}."""
+"""POST /api/v1/images/generations, GET /api/v1/generations (paged), GET
+/api/v1/generations/{id}, POST /api/v1/generations/{id}/cancel."""
 
+from dataclasses import replace
 from typing import Annotated
 
-from fastapi import APIRouter, Header, Request, Response
+from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
 from app.credits.schemas import Balance
-from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep
+from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep, SessionDep
 from app.errors import ApiError, ErrorCode, GenerationFailed, ServiceUnavailable
-from app.generations import flow
+from app.generations import flow, jobs, listing, prefer
 from app.generations import service as generations
 from app.generations.request import check_idempotency_key, parse_input, read_body
 from app.generations.schemas import (
+    CANCEL_RESPONSES,
     GET_RESPONSES,
+    LIST_RESPONSES,
     POST_RESPONSES,
     REQUEST_BODY,
     Generation,
+    GenerationList,
     GenerationWithBalance,
 )
 from app.models import Generation as GenerationRow
 from app.models import GenerationImage, GenerationStatus
-from app.ops.middleware import note
+from app.ops.middleware import add_headers, note
 from app.runtime import Runtime
 
 router = APIRouter(prefix="/api/v1", tags=["generations"])
@@ -39,9 +44,17 @@ async def create_generation(request: Request, response: Response, principal: Cur
     The charge and the generation are committed in one transaction before the job is queued;
     a sync request then waits (on no database connection) for the job to end."""
     key = check_idempotency_key(idempotency_key)
+    preferences = prefer.parse(request.headers.getlist("prefer"))
+    wait_s = rt.settings.sync_timeout_s
     async with read_body(request, catalog=rt.catalog,
                          max_file_bytes=rt.settings.max_reference_image_bytes) as body:
         wanted = parse_input(body.fields, rt.catalog, reference_count=len(body.references))
+        if preferences.respond_async and not wanted.is_async:
+            wanted = replace(wanted, is_async=True)
+            add_headers(request, {"Preference-Applied": "respond-async"})
+        elif preferences.wait_s is not None and not wanted.is_async:
+            wait_s = min(float(preferences.wait_s), wait_s)
+            add_headers(request, {"Preference-Applied": f"wait={preferences.wait_s}"})
         accepted = await flow.submit(rt, request, principal, wanted, body.references,
                                      idempotency_key=key)
     generation_id = accepted.generation.id
@@ -51,8 +64,7 @@ async def create_generation(request: Request, response: Response, principal: Cur
     if wanted.is_async:  # answered from what was just written
         assert accepted.balance is not None
         return respond(rt, response, accepted.generation, [], accepted.balance)
-    await generations.wait_until_final(rt.reader, rt.queue, generation_id,
-                                       rt.settings.sync_timeout_s)
+    await generations.wait_until_final(rt.reader, rt.queue, generation_id, wait_s)
     return await answer(rt, response, generation_id, principal.user.id)
 
 
@@ -66,13 +78,13 @@ async def answer(rt: Runtime, response: Response, generation_id: str,
 
 def respond(rt: Runtime, response: Response, row: GenerationRow,
             delivered: list[GenerationImage], balance: Balance) -> GenerationWithBalance:
-    """200 when succeeded; 202 with Location while queued or running; a failure (refunded)
-    is an error answer carrying the generation's id."""
+    """200 when succeeded (or canceled: final, refunded); 202 with Location while queued or
+    running; a failure (refunded) is an error answer carrying the generation's id."""
     if row.status == GenerationStatus.FAILED:
         raise failure(row)
     body = GenerationWithBalance.of(row, delivered, storage=rt.storage,
                                     base_url=rt.settings.base_url, balance=balance)
-    if row.status != GenerationStatus.SUCCEEDED:
+    if not row.status.is_final:
         response.status_code = 202
         response.headers["Location"] = body.poll_url
     return body
@@ -80,7 +92,11 @@ def respond(rt: Runtime, response: Response, row: GenerationRow,
 
 def failure(row: GenerationRow) -> ApiError:
     """A dependency fault (storage, queue) answers 503; anything else the provider's 500.
-    Refunded either way; `retry` says whether a new attempt could get past it."""
+    Refunded either way; `retry` says whether a new attempt could get past it. (A canceled
+    generation, where an answer must be an error (/v1), is a 500 that says so.)"""
+    if row.status == GenerationStatus.CANCELED:
+        return GenerationFailed("the generation was canceled; its credits were refunded",
+                                generation_id=row.id)
     error = (ServiceUnavailable if row.error_code == ErrorCode.SERVICE_UNAVAILABLE
              else GenerationFailed)
     return error(row.error_message or "generation failed", generation_id=row.id,
@@ -94,3 +110,39 @@ async def get_generation(generation_id: str, request: Request, principal: Curren
     note(request, generation_id=generation_id[:64])
     row, delivered = await generations.get_for_owner(reader, generation_id, principal.user.id)
     return Generation.of(row, delivered, storage=rt.storage, base_url=rt.settings.base_url)
+
+
+@router.get("/generations", responses=LIST_RESPONSES)
+async def list_generations(
+    principal: CurrentPrincipal, rt: RuntimeDep, reader: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=listing.MAX_PAGE)] = 20,
+    starting_after: Annotated[str | None, Query(max_length=100)] = None,
+    ending_before: Annotated[str | None, Query(max_length=100)] = None,
+    status: GenerationStatus | None = None,
+) -> GenerationList:
+    """The caller's generations, newest first; `starting_after` / `ending_before` take a
+    generation id of the caller's; `status` filters."""
+    found = await listing.page(reader, principal.user.id, limit=limit,
+                               starting_after=starting_after, ending_before=ending_before,
+                               status=status)
+    return GenerationList(
+        data=[Generation.of(row, found.images.get(row.id, []), storage=rt.storage,
+                            base_url=rt.settings.base_url) for row in found.generations],
+        has_more=found.has_more)
+
+
+@router.post("/generations/{generation_id}/cancel", responses=CANCEL_RESPONSES)
+async def cancel_generation(generation_id: str, request: Request, principal: CurrentPrincipal,
+                            rt: RuntimeDep, session: SessionDep,
+                            background: BackgroundTasks) -> GenerationWithBalance:
+    """A queued generation becomes `canceled`, fully refunded (its job then does nothing);
+    one that is running or final is 409 `notCancelable`."""
+    note(request, generation_id=generation_id[:64])
+    row = await generations.cancel(session, generation_id, principal.user.id)
+    balance = await generations.balance_of(session, principal.user.id)
+    # After the commit (SessionDep commits before the answer is sent): wake the waiters, send
+    # the webhook, delete the references. Lost with the process, the sweep does the last two.
+    background.add_task(jobs.conclude, rt, row.id, row, attempt=row.attempts)
+    return GenerationWithBalance.of(row, [], storage=rt.storage, base_url=rt.settings.base_url,
+                                    balance=balance)
+

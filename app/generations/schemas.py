@@ -83,6 +83,12 @@ class GenerationWithBalance(Generation):
     balance: Balance
 
 
+class GenerationList(Schema):
+    object: Literal["list"] = "list"
+    data: list[Generation]
+    has_more: bool
+
+
 # --- the request, for the document (the endpoint parses the body itself) ---------------------
 
 class GenerationFields(BaseModel):
@@ -125,6 +131,21 @@ POST_RESPONSES: dict[int | str, dict[str, Any]] = {
     409: error_doc("idempotencyConflict"),
     500: error_doc("generationFailed (credits refunded; error.generation_id) or internalError"),
     503: error_doc("serviceUnavailable: a dependency is down; nothing charged or lost"),
+}
+
+LIST_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: error_doc("invalid_request: a bad limit, status or cursor"),
+    401: error_doc("missingApiKey, invalidApiKey or expiredApiKey"),
+    404: error_doc("notFound: the cursor is no generation of the caller's"),
+    503: error_doc("serviceUnavailable"),
+}
+
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: error_doc("invalid_request"),
+    401: error_doc("missingApiKey, invalidApiKey or expiredApiKey"),
+    404: error_doc("notFound"),
+    409: error_doc("notCancelable: the generation is running or final"),
+    503: error_doc("serviceUnavailable"),
 }
 
 GET_RESPONSES: dict[int | str, dict[str, Any]] = {

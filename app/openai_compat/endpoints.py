@@ -104,7 +104,7 @@ async def respond(request: Request, rt: Runtime, principal: Principal, wanted: O
         row, delivered = await generations.get_for_owner(session, generation_id,
                                                          principal.user.id)
         balance = await generations.balance_of(session, principal.user.id)
-    if row.status == GenerationStatus.FAILED:
+    if row.status in (GenerationStatus.FAILED, GenerationStatus.CANCELED):
         raise failure(row)
     if row.status != GenerationStatus.SUCCEEDED:
         raise GenerationPending(

@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.generations import service as generations
+from app.generations.endpoints import failure
 from app.models import Generation, GenerationImage, GenerationStatus
 from app.openai_compat.errors import error_type
 from app.runtime import Runtime
@@ -123,10 +124,8 @@ async def events(rt: Runtime, generation_id: str, user_id: str, *, kind: str,
     async with rt.reader() as session:
         row, images = await generations.get_for_owner(session, generation_id, user_id)
     if row.status != GenerationStatus.SUCCEEDED:
-        status_code = 503 if row.error_code == "serviceUnavailable" else 500
-        yield error_event(row.error_message or "generation failed",
-                          row.error_code or "generationFailed", status_code,
-                          generation_id=generation_id)
+        error = failure(row)
+        yield error_event(error.message, error.code, error.status, generation_id=generation_id)
         return
     ordered = sorted(images, key=lambda i: i.index)
     for number, image in enumerate(ordered):
