@@ -318,3 +318,36 @@ def test_prefer_parsing(header: str, expected: tuple[bool, int | None]) -> None:
 
     got = parse([header])
     assert (got.respond_async, got.wait_s) == expected
+
+
+# --- the README's examples, as written ---------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):
+    from tests.test_openai_sdk import serve
+
+    folder = tmp_path_factory.mktemp("listing")
+    yield from serve({"GIH_DATABASE_URL": f"sqlite:///{folder}/gih.db",
+                      "GIH_LOCAL_STORAGE_DIR": str(folder / "images")}, folder)
+
+
+def test_readme_listing_examples_run_as_written(served, tmp_path) -> None:
+    import json
+    import subprocess
+
+    from tests.test_openai_sdk import readme_block
+
+    key = served.account(100)
+    script = readme_block("listing-examples", "sh").replace("http://127.0.0.1:8000",
+                                                             served.base)
+    marked = script.replace("\ncurl ", "\necho; echo '@@@'; curl ")
+    done = subprocess.run(["bash", "-euo", "pipefail", "-c", "echo '@@@'; " + marked],
+                          cwd=tmp_path, env={**served.env, "GIH_KEY": key},
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    listed, canceled, ledger = (json.loads(part) for part in done.stdout.split("@@@")
+                                if part.strip())
+    assert listed == {"object": "list", "data": [], "has_more": False}
+    # The embedded default runs the job at once: the cancel finds it running or done.
+    assert canceled["error"]["code"] == "notCancelable" or canceled["status"] == "canceled"
+    assert ledger["object"] == "list" and ledger["data"][-1]["kind"] == "grant"
