@@ -18,6 +18,7 @@ import pytest
 from PIL import Image
 
 from tests.fakes.processes import GIH, app_env, start_serve
+from tests.waiting import wait_until
 
 PROMPT = "A cinematic product photo of a transparent perfume bottle on black marble"
 
@@ -51,6 +52,15 @@ class Server:
                                          headers={"Authorization": f"Bearer {key}"})
         with urllib.request.urlopen(request, timeout=10) as answer:
             return json.loads(answer.read())
+
+    def wait_for(self, key: str, generation_id: str, statuses: tuple[str, ...], *,
+                 timeout: float) -> str:
+        """Wait until the generation reaches one of `statuses`; that status."""
+        def status() -> str | None:
+            found = self.api(key, f"/api/v1/generations/{generation_id}")["status"]
+            return found if found in statuses else None
+        return wait_until(status, timeout=timeout, interval=0.1,
+                          what=f"generation {generation_id} {'/'.join(statuses)}")
 
     def balance(self, key: str) -> int:
         return int(self.api(key, "/api/v1/credits")["credits"])
@@ -317,10 +327,7 @@ def test_a_long_generation_answers_504_pending_and_is_billed_once(
     assert pending.value.response.headers["x-should-retry"] == "false"
     generation_id = pending.value.body["generation_id"]  # type: ignore[index]
     assert pending.value.body["poll_url"].endswith(generation_id)  # type: ignore[index]
-    deadline = time.monotonic() + 20
-    while impatient.api(key, f"/api/v1/generations/{generation_id}")["status"] != "succeeded":
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    impatient.wait_for(key, generation_id, ("succeeded",), timeout=20)
     assert impatient.balance(key) == 8 and len(openai_fake.requests()) == 1
 
 
@@ -335,11 +342,7 @@ def test_a_stream_dropped_halfway_still_ends_the_generation(server: Server,
         generation_id = answer.headers["x-gih-generation-id"]
         first = next(iter(answer.parse()))
         assert first.type == "image_generation.partial_image"
-    deadline = time.monotonic() + 30
-    while (status := server.api(key, f"/api/v1/generations/{generation_id}")["status"]) not in (
-            "succeeded", "failed"):
-        assert time.monotonic() < deadline
-        time.sleep(0.2)
+    status = server.wait_for(key, generation_id, ("succeeded", "failed"), timeout=30)
     assert server.balance(key) == (8 if status == "succeeded" else 16)
     assert server.audit_is_clean()
 
@@ -372,10 +375,7 @@ def test_killing_the_api_mid_stream_loses_nothing(prod_env: dict[str, str], sess
         with pytest.raises(openai.APIConnectionError):
             server.client(key, max_retries=0).models.list()
     for server in serve(prod_env, tmp_path):  # a new API on the same stack
-        deadline = time.monotonic() + 30
-        while server.api(key, f"/api/v1/generations/{generation_id}")["status"] != "succeeded":
-            assert time.monotonic() < deadline
-            time.sleep(0.2)
+        server.wait_for(key, generation_id, ("succeeded",), timeout=30)
         assert server.balance(key) == 0 and server.audit_is_clean()
 
 
