@@ -72,6 +72,11 @@ class LedgerKind(StrEnum):
     EXPIRE = "expire"
 
 
+class UserRole(StrEnum):
+    USER = "user"
+    ADMIN = "admin"  # also sees the console's Users and Usage pages and may call /api/v1/admin
+
+
 def _stored_as_text(enum: type[StrEnum], length: int) -> Enum:
     """A StrEnum column stored as its value in a VARCHAR (no database enum type)."""
     return Enum(enum, native_enum=False, create_constraint=False, length=length,
@@ -88,6 +93,13 @@ class User(Base):
     # Cached balance, moved in the same transaction as every ledger row (audit checks it).
     credits: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # argon2id (pwdlib); None: no console sign-in until an operator sets a password.
+    password_hash: Mapped[str | None] = mapped_column(String(255))
+    role: Mapped[UserRole] = mapped_column(_stored_as_text(UserRole, 8),
+                                           default=UserRole.USER,
+                                           server_default=UserRole.USER.value)
+    # Set: the user's keys and console sessions stop working at once.
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (CheckConstraint("credits >= 0", name="credits_not_negative"),)
 
@@ -355,3 +367,50 @@ class WebhookAttempt(Base):
     error: Mapped[str | None] = mapped_column(Text)
     duration_ms: Mapped[int] = mapped_column(Integer)
 
+
+class Session(Base):
+    """A console sign-in. Only HMAC-SHA256(server secret, session id) is stored: the id itself
+    lives in the browser's cookie alone. Ended by sign-out, a password change or disabling the
+    user (the rows are deleted); idle for 30 days, it is refused (and deleted)."""
+
+    __tablename__ = "sessions"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SignInFailure(Base):
+    """A wrong password, counted per subject (a hash of the email, or of the client address)
+    over the last minute to throttle guessing."""
+
+    __tablename__ = "sign_in_failures"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    subject: Mapped[str] = mapped_column(String(64))
+    failed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_sign_in_failures_subject", "subject", "failed_at"),)
+
+
+class CreditGrant(Base):
+    """A grant made by an admin (the admin API or the console's Users page). With an
+    Idempotency-Key, unique per user, so a payment webhook retried (even many times at once)
+    grants once: the second insert fails on the constraint and answers the first grant."""
+
+    __tablename__ = "credit_grants"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    lot_id: Mapped[int | None] = mapped_column(ForeignKey("credit_lots.id"))
+    granted_by: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    credits: Mapped[int] = mapped_column(Integer)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    note: Mapped[str | None] = mapped_column(Text)
+    idempotency_key: Mapped[str | None] = mapped_column(String(255))
+    request_hash: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (UniqueConstraint("user_id", "idempotency_key"),
+                      CheckConstraint("credits > 0", name="credits_positive"))
