@@ -1,31 +1,41 @@
-"""Shared fixtures: a real PostgreSQL database built by the migrations, SQLite twins, the app."""
+"""Shared fixtures: a real PostgreSQL database built by the migrations, SQLite twins, the app,
+and the production path (Redis, SeaweedFS, the OpenAI fake, a real `gih worker`).
+
+Every test starts from a known state: it makes its own users and keys (`Client.user_with_key`,
+`create_account`), the OpenAI fake is reset before each test that uses it, the session's
+`gih worker` is running when a test starts (whatever the test before did to it), and a test on
+the production path leaves no job of its own running behind it. Session resources are per
+process, so that `pytest -n N` (pytest-xdist) runs each worker against its own database, queue,
+S3 server, fake and `gih worker`.
+"""
 
 import asyncio
+import concurrent.futures
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Coroutine, Iterator
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import asyncpg
 import httpx2
 import pytest
 from fastapi import FastAPI
+from sqlalchemy import func, select
 
 from app.accounts import service as users
 from app.config import Settings
 from app.credits import service as credits
+from app.db import create_engine, create_sessionmaker
 from app.keys import service as api_keys
 from app.main import create_app
 from app.migrate import upgrade
-from app.models import User
+from app.models import Generation, User
+from tests.fakes.processes import WorkerProcess, free_port
+from tests.waiting import wait_until_async
 
 if TYPE_CHECKING:
     from tests.fakes.openai_fake import OpenAIFake
@@ -34,6 +44,28 @@ if TYPE_CHECKING:
 POSTGRES_ADMIN_URL = os.environ.get("GIH_TEST_POSTGRES_URL",
                                     "postgresql://postgres@127.0.0.1:5432/postgres")
 TEST_SECRET = "test-secret-" + "x" * 40
+REPO = Path(__file__).resolve().parent.parent
+FINAL = ("succeeded", "failed")
+T = TypeVar("T")
+
+
+# pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs it): a module's tests stay on one
+# worker, so its module-scoped servers start once; the modules that load both cores (hundreds
+# of concurrent requests, crash rounds, outages) share one worker, so they never run at once.
+HEAVY = {"test_crashes", "test_dependencies", "test_money_under_load"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("heavy" if module in HEAVY else module))
+
+
+def run_sync(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a coroutine from sync code, on a loop of its own in a thread (a sync test may be
+    called while the session's loop exists)."""
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coro).result()
 
 
 def _admin(sql: str) -> None:
@@ -44,12 +76,12 @@ def _admin(sql: str) -> None:
         finally:
             await conn.close()
 
-    asyncio.run(run())
+    run_sync(run())
 
 
 @pytest.fixture(scope="session")
 def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test run, built by `alembic upgrade head`.
+    """A fresh PostgreSQL database for this test process, built by `alembic upgrade head`.
 
     PostgreSQL being down is a failure, never a skip: CI starts it (see .ci/run).
     """
@@ -78,12 +110,56 @@ def make_settings(database_url: str, **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
+# --- accounts ----------------------------------------------------------------------------------
+
+@dataclass
+class Account:
+    user_id: str
+    email: str
+    key: str
+    key_id: str
+
+
+async def create_account(settings: Settings, credits_: int = 0, *, account_type: str = "PRO",
+                         email: str | None = None, key_name: str | None = None) -> Account:
+    """A user (with a first grant) and a key, written through the app's services as `gih users
+    create` and `gih keys create` write them, in the database `settings` name: for set-ups
+    against a server running in another process, where the CLI would cost a second a call."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session, session.begin():
+            user = await users.create(session, email or f"u{secrets.token_hex(6)}@example.com",
+                                      account_type=account_type)
+            if credits_:
+                await credits.grant(session, user.id, credits_)
+            issued = await api_keys.issue(session, user, secret=settings.hashing_secret(),
+                                          name=key_name)
+            return Account(user.id, user.email, issued.raw_key, issued.key.id)
+    finally:
+        await engine.dispose()
+
+
+def create_account_sync(settings: Settings, credits_: int = 0, **kw: Any) -> Account:
+    return run_sync(create_account(settings, credits_, **kw))
+
+
+async def audit_problems(settings: Settings) -> list[str]:
+    """What `gih credits audit` checks (balance = Σ ledger = Σ lots, for every user)."""
+    engine = create_engine(settings)
+    try:
+        async with create_sessionmaker(engine)() as session:
+            return [f"{p.email}: {p.message}" for p in await credits.audit(session)]
+    finally:
+        await engine.dispose()
+
+
 @dataclass
 class Client:
     """An HTTP client on a running app, plus shortcuts to set up accounts directly."""
 
     app: FastAPI
     http: httpx2.AsyncClient
+    user_ids: list[str] = field(default_factory=list)
 
     async def user(self, credits_: int = 0, *, expires_at: datetime | None = None,
                    account_type: str = "PRO") -> User:
@@ -92,6 +168,7 @@ class Client:
                                       account_type=account_type)
             if credits_:
                 await credits.grant(session, user.id, credits_, expires_at=expires_at)
+        self.user_ids.append(user.id)
         return user
 
     async def key(self, user: User, *, expires_at: datetime | None = None) -> str:
@@ -106,6 +183,15 @@ class Client:
 
     def session(self):
         return self.app.state.runtime.sessionmaker()
+
+    async def settled(self) -> bool:
+        """No generation of this client's users is still queued or running."""
+        if not self.user_ids:
+            return True
+        async with self.session() as session:
+            return not await session.scalar(
+                select(func.count()).select_from(Generation).where(
+                    Generation.user_id.in_(self.user_ids), Generation.status.not_in(FINAL)))
 
 
 @contextlib.asynccontextmanager
@@ -136,9 +222,6 @@ def bearer(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-REPO = Path(__file__).resolve().parent.parent
-
-
 # --- the production path: Redis, SeaweedFS, the OpenAI fake and a real `gih worker` ---------
 
 REDIS_TEST_URL = os.environ.get("GIH_TEST_REDIS_URL", "redis://127.0.0.1:6379/7")
@@ -147,8 +230,8 @@ S3_BUCKET = "gih-test"
 
 @pytest.fixture(scope="session")
 def redis_url() -> str:
-    """Redis for the run (each run has a queue of its own: GIH_QUEUE_NAME). Redis being down
-    fails the run."""
+    """Redis for the run (each test process has a queue of its own: GIH_QUEUE_NAME). Redis
+    being down fails the run."""
     import redis
 
     client = redis.Redis.from_url(REDIS_TEST_URL, socket_connect_timeout=3)
@@ -162,46 +245,51 @@ def redis_url() -> str:
 
 
 @pytest.fixture(scope="session")
-def openai_fake() -> Iterator["OpenAIFake"]:
+def openai_server() -> Iterator["OpenAIFake"]:
+    """The OpenAI fake's process, for the whole run; tests take it as `openai_fake`."""
     from tests.fakes.openai_fake import OpenAIFake
 
-    fake = OpenAIFake().start()
-    yield fake
-    fake.stop()
+    with OpenAIFake() as fake:
+        yield fake
+
+
+@pytest.fixture
+def openai_fake(openai_server: "OpenAIFake") -> "OpenAIFake":
+    """The OpenAI fake with its default behaviour and no recorded request."""
+    openai_server.reset()
+    return openai_server
 
 
 @pytest.fixture(scope="session")
 def s3() -> Iterator["SeaweedS3"]:
     from tests.fakes.seaweed import SeaweedS3
 
-    server = SeaweedS3().start()
-    yield server
-    server.stop()
+    with SeaweedS3() as server:
+        yield server
 
 
 @pytest.fixture(scope="session")
-def prod_env(pg_url: str, redis_url: str, s3, openai_fake) -> dict[str, str]:
+def prod_env(pg_url: str, redis_url: str, s3, openai_server) -> dict[str, str]:
     """The production configuration, as environment variables (for `gih worker`)."""
     return {
         "GIH_DATABASE_URL": pg_url, "GIH_REDIS_URL": redis_url, "GIH_SECRET_KEY": TEST_SECRET,
         "GIH_STORAGE": "s3", "GIH_S3_BUCKET": S3_BUCKET, "GIH_S3_ENDPOINT_URL": s3.endpoint_url,
         "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
         "AWS_DEFAULT_REGION": "us-east-1", "GIH_PROVIDER": "openai",
-        "OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_BASE_URL": openai_fake.base_url,
+        "OPENAI_API_KEY": "sk-test-not-a-real-key", "OPENAI_BASE_URL": openai_server.base_url,
         "GIH_PROVIDER_TIMEOUT_S": "4", "GIH_PROVIDER_MAX_RETRIES": "1",
         "GIH_STALE_AFTER_S": "4", "GIH_SWEEP_INTERVAL_S": "1", "GIH_JOB_TIMEOUT_S": "60",
         "GIH_PUBLIC_BASE_URL": "http://testserver",
-        "GIH_WORKER_METRICS_PORT": str(_free_port()),
+        "GIH_WORKER_METRICS_PORT": str(free_port()),
         "GIH_QUEUE_NAME": f"gih-test-{os.getpid()}",
     }
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def own_queue_env(prod_env: dict[str, str], **changes: str) -> dict[str, str]:
+    """The production env with a queue of its own and no worker metrics port, plus `changes`:
+    for a test that runs its own `gih worker` (and API) beside the session's."""
+    return {**prod_env, "GIH_QUEUE_NAME": f"gih-own-{secrets.token_hex(4)}",
+            "GIH_WORKER_METRICS_PORT": "0", **changes}
 
 
 def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
@@ -210,51 +298,19 @@ def settings_from_env(env: dict[str, str], **overrides: object) -> Settings:
     return Settings(**values)  # type: ignore[arg-type]
 
 
-class WorkerProcess:
-    """A real `gih worker` process."""
-
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
-        self.env = {**{k: v for k, v in os.environ.items()
-                       if not k.startswith(("GIH_", "OPENAI_", "AWS_"))}, **env}
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> "WorkerProcess":
-        log = open(self.log_path, "ab")  # noqa: SIM115
-        self.process = subprocess.Popen([str(Path(sys.executable).parent / "gih"), "worker"],
-                                        env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                        start_new_session=True)
-        log.close()
-        deadline = time.monotonic() + 30
-        while b"gih worker ready" not in self.log_path.read_bytes():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("gih worker did not start:\n" + self.log_tail())
-            time.sleep(0.1)
-        return self
-
-    def kill(self) -> None:
-        assert self.process is not None
-        os.killpg(self.process.pid, signal.SIGKILL)
-        self.process.wait(10)
-
-    def stop(self) -> None:
-        if self.process and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
-
-    def log_tail(self) -> str:
-        return self.log_path.read_bytes()[-4000:].decode(errors="replace")
-
-
 @pytest.fixture(scope="session")
-def worker(prod_env: dict[str, str],
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
+def session_worker(prod_env: dict[str, str],
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[WorkerProcess]:
     process = WorkerProcess(prod_env, tmp_path_factory.mktemp("worker") / "worker.log").start()
     yield process
     process.stop()
+
+
+@pytest.fixture
+def worker(session_worker: WorkerProcess) -> WorkerProcess:
+    """The session's `gih worker` on GIH_QUEUE_NAME, running (a test may kill it: the next one
+    finds it started again)."""
+    return session_worker.ensure_running()
 
 
 @pytest.fixture
@@ -263,7 +319,6 @@ def prod_sdk_env(prod_env: dict[str, str], openai_fake) -> Iterator[None]:
     names = [k for k in prod_env if k.startswith(("OPENAI_", "AWS_"))]
     saved = {k: os.environ.get(k) for k in names}
     os.environ.update({k: prod_env[k] for k in names})
-    openai_fake.reset()
     yield
     for name, value in saved.items():
         if value is None:
@@ -278,17 +333,22 @@ async def prod(prod_env: dict[str, str], worker: WorkerProcess,
     """The API in-process, configured for production, with the real worker behind it."""
     async with running_client(settings_from_env(prod_env)) as client:
         yield client
+        # No job of this test may run on into the next one (and meet its fake's switches).
+        await wait_until_async(client.settled, timeout=60, interval=0.1,
+                               what="the test's generations final at its end")
 
 
 async def poll(client: Client, key: str, generation_id: str, *, timeout: float = 30,
-               until: tuple[str, ...] = ("succeeded", "failed")) -> dict:
-    deadline = time.monotonic() + timeout
-    while True:
+               until: tuple[str, ...] = FINAL) -> dict:
+    """GET the generation, as a client polls, until its status is in `until`."""
+    seen: dict[str, Any] = {}
+
+    async def reached() -> dict | None:
         response = await client.http.get(f"/api/v1/generations/{generation_id}",
                                          headers=bearer(key))
         assert response.status_code == 200, response.text
-        body = response.json()
-        if body["status"] in until:
-            return body
-        assert time.monotonic() < deadline, f"still {body['status']} after {timeout}s"
-        await asyncio.sleep(0.1)
+        seen.update(response.json())
+        return seen if seen["status"] in until else None
+
+    return await wait_until_async(reached, timeout=timeout, interval=0.1,
+                                  what=lambda: f"{generation_id} still {seen.get('status')}")

@@ -1,61 +1,25 @@
 """The `gih` command as an operator runs it: a real process, real databases."""
 
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
-import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import TEST_SECRET
-
-GIH = str(Path(sys.executable).parent / "gih")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("GIH_", "OPENAI_", "AWS_"))}
-    env.update(extra)
-    return env
-
-
-def run(*args: str, env: dict[str, str], cwd: Path | None = None,
-        check: bool = True) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run([GIH, *args], env=env, cwd=cwd, capture_output=True, text=True,
-                            timeout=60)
-    if check and result.returncode != 0:
-        raise AssertionError(f"gih {' '.join(args)} exited {result.returncode}:\n"
-                             f"{result.stdout}\n{result.stderr}")
-    return result
-
-
-def run_json(*args: str, env: dict[str, str], cwd: Path | None = None):
-    return json.loads(run(*args, "--json", env=env, cwd=cwd).stdout)
+from tests.fakes.processes import app_env, start_serve, stop_process
+from tests.helpers import get, run, run_json
 
 
 @pytest.fixture
 def pg_env(pg_url: str) -> dict[str, str]:
-    return clean_env(GIH_DATABASE_URL=pg_url, GIH_SECRET_KEY=TEST_SECRET, GIH_PROVIDER="mock")
+    return app_env({"GIH_DATABASE_URL": pg_url, "GIH_SECRET_KEY": TEST_SECRET,
+                    "GIH_PROVIDER": "mock"})
 
 
 def email() -> str:
     return f"op{secrets.token_hex(5)}@example.com"
-
-
-def get(url: str, key: str | None = None) -> tuple[int, dict]:
-    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {key}"} if key else {})
-    try:
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as exc:
-        return exc.code, json.loads(exc.read())
 
 
 def test_users_keys_credits_round_trip(pg_env: dict[str, str]) -> None:
@@ -137,7 +101,7 @@ def test_audit_passes_then_fails_on_tampering(pg_env: dict[str, str], pg_url: st
 
 def test_production_refuses_a_missing_or_placeholder_secret(pg_url: str) -> None:
     for secret in (None, "changeme", "short"):
-        env = clean_env(GIH_DATABASE_URL=pg_url, GIH_PROVIDER="mock")
+        env = app_env({"GIH_DATABASE_URL": pg_url, "GIH_PROVIDER": "mock"})
         if secret:
             env["GIH_SECRET_KEY"] = secret
         result = run("serve", "--port", "1", env=env, check=False)
@@ -147,7 +111,7 @@ def test_production_refuses_a_missing_or_placeholder_secret(pg_url: str) -> None
 
 
 def test_settings_errors_are_named_at_once(pg_url: str) -> None:
-    env = clean_env(GIH_DATABASE_URL=pg_url, GIH_STORAGE="s3", GIH_PROVIDER="openai")
+    env = app_env({"GIH_DATABASE_URL": pg_url, "GIH_STORAGE": "s3", "GIH_PROVIDER": "openai"})
     result = run("serve", env=env, check=False)
     assert result.returncode == 2
     for name in ("GIH_SECRET_KEY", "GIH_S3_BUCKET", "OPENAI_API_KEY"):
@@ -156,30 +120,13 @@ def test_settings_errors_are_named_at_once(pg_url: str) -> None:
     assert bad_port.returncode == 2 and "GIH_PORT" in bad_port.stderr
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_embedded_default_from_an_empty_folder(tmp_path: Path) -> None:
     """No configuration at all: SQLite under ./data, schema created, a hint, a working API."""
-    env = clean_env()
-    port = free_port()
-    server = subprocess.Popen([GIH, "serve", "--port", str(port)], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                              start_new_session=True)
+    env = app_env({})
+    log = tmp_path.parent / f"{tmp_path.name}-serve.log"  # not in the empty folder itself
+    server, base = start_serve({}, log, workers=None, cwd=tmp_path, set_base_url=False)
     try:
-        base = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                status, models = get(f"{base}/api/v1/models")
-                break
-            except OSError:
-                assert server.poll() is None, server.stdout.read()
-                assert time.monotonic() < deadline, "gih serve did not start"
-                time.sleep(0.2)
+        status, models = get(f"{base}/api/v1/models")
         assert status == 200 and models["data"][0]["id"] == "gpt-image-2"
         assert (tmp_path / "data" / "gih.db").exists()
 
@@ -190,7 +137,7 @@ def test_embedded_default_from_an_empty_folder(tmp_path: Path) -> None:
         status, error = get(f"{base}/api/v1/credits", "gih_live_" + "Z" * 32)
         assert status == 401 and error["error"]["code"] == "invalidApiKey"
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        output = server.communicate(timeout=20)[0]
+        stop_process(server, 20)
+    output = log.read_text()
     assert "gih users create you@example.com" in output and "gih keys create" in output
     assert "embedded mode" in output and "MOCK PROVIDER" in output

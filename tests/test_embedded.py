@@ -5,7 +5,7 @@ import io
 import json
 import os
 import re
-import signal
+import sqlite3
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -15,35 +15,44 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests.conftest import REPO
-from tests.fakes.processes import wait_until_answering
-from tests.test_cli import GIH, clean_env, free_port, get, run_json
+from app.config import Settings
+from tests.conftest import REPO, Account, create_account_sync
+from tests.fakes.processes import app_env, start_serve, stop_process
+from tests.helpers import get, peak_rss_mb, reset_peak, run, run_json
 
 
 @dataclass
 class Server:
     base: str
-    key: str
     pid: int
     cwd: Path
     env: dict[str, str]
 
+    @property
+    def database(self) -> Path:
+        return self.cwd / "data" / "gih.db"
+
+    def account(self, credits_: int = 1000) -> Account:
+        """A user of its own and its key, in the server's database."""
+        return create_account_sync(Settings(database_url=f"sqlite:///{self.database}"), credits_)
+
+    def generations(self, user_id: str) -> int:
+        db = sqlite3.connect(f"file:{self.database}?mode=ro", uri=True)
+        try:
+            return db.execute("SELECT count(*) FROM generations WHERE user_id = ?",
+                              (user_id,)).fetchone()[0]
+        finally:
+            db.close()
+
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`gih serve` in an empty folder, no configuration at all."""
     cwd = tmp_path_factory.mktemp("embedded")
-    env = clean_env()
-    port = free_port()
-    process = subprocess.Popen([GIH, "serve", "--port", str(port)], cwd=cwd, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    base = f"http://127.0.0.1:{port}"
-    wait_until_answering(process, f"{base}/api/v1/models")
-    run_json("users", "create", "you@example.com", "--credits", "1000", env=env, cwd=cwd)
-    key = run_json("keys", "create", "you@example.com", env=env, cwd=cwd)["key"]
-    yield Server(base=base, key=key, pid=process.pid, cwd=cwd, env=env)
-    os.killpg(process.pid, signal.SIGTERM)
-    process.wait(20)
+    log = tmp_path_factory.mktemp("embedded-log") / "serve.log"
+    process, base = start_serve({}, log, workers=None, cwd=cwd, set_base_url=False)
+    yield Server(base=base, pid=process.pid, cwd=cwd, env=app_env({}))
+    stop_process(process, 20)
 
 
 def readme_curl_examples() -> str:
@@ -53,11 +62,15 @@ def readme_curl_examples() -> str:
 
 
 def test_readme_curl_examples_work_as_written(server: Server, tmp_path: Path) -> None:
+    # The README's user and key, made with its commands.
+    run("users", "create", "you@example.com", "--credits", "100", "--account-type", "PRO",
+        env=server.env, cwd=server.cwd)
+    key = run_json("keys", "create", "you@example.com", env=server.env, cwd=server.cwd)["key"]
     script = readme_curl_examples().replace("http://127.0.0.1:8000", server.base)
     # Mark each command's output so the answers can be told apart.
     marked = re.sub(r"^(curl |GEN=|sleep )", r"echo '@@@'; \1", script, flags=re.M)
     result = subprocess.run(["bash", "-euo", "pipefail", "-c", marked], cwd=tmp_path,
-                            env={**server.env, "GIH_KEY": server.key}, capture_output=True,
+                            env={**server.env, "GIH_KEY": key}, capture_output=True,
                             text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     outputs = [o.strip() for o in result.stdout.split("@@@") if o.strip()]
@@ -70,20 +83,10 @@ def test_readme_curl_examples_work_as_written(server: Server, tmp_path: Path) ->
     assert Image.open(tmp_path / "reference.png").size == (2560, 1440)
 
 
-def peak_rss_mb(pid: int) -> float:
-    """VmHWM: the highest resident memory the process has had."""
-    status = Path(f"/proc/{pid}/status").read_text()
-    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024
-
-
-def reset_peak(pid: int) -> None:
-    Path(f"/proc/{pid}/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-def upload(server: Server, path: Path) -> tuple[int, dict]:
+def upload(server: Server, key: str, path: Path) -> tuple[int, dict]:
     result = subprocess.run(
         ["curl", "-s", "-w", "\n%{http_code}", f"{server.base}/api/v1/images/generations",
-         "-H", f"Authorization: Bearer {server.key}", "-F", "model=gpt-image-2",
+         "-H", f"Authorization: Bearer {key}", "-F", "model=gpt-image-2",
          "-F", "prompt=use the reference", "-F", "async=true",
          "-F", f"reference_image=@{path}"], capture_output=True, text=True, timeout=120)
     body, status = result.stdout.rsplit("\n", 1)
@@ -91,6 +94,8 @@ def upload(server: Server, path: Path) -> tuple[int, dict]:
 
 
 def test_50_mb_reference_does_not_enter_api_memory(server: Server, tmp_path: Path) -> None:
+    account = server.account()
+    key = account.key
     # A real, decodable PNG of about 49.5 MB (noise does not compress).
     big = tmp_path / "big.png"
     Image.frombytes("RGB", (4180, 4140), os.urandom(4180 * 4140 * 3)).save(
@@ -103,23 +108,27 @@ def test_50_mb_reference_does_not_enter_api_memory(server: Server, tmp_path: Pat
 
     reset_peak(server.pid)
     before = peak_rss_mb(server.pid)
-    status, body = upload(server, big)
+    status, body = upload(server, key, big)
     assert status == 202, body
     accepted = peak_rss_mb(server.pid) - before
-    status, error = upload(server, too_big)
+    status, error = upload(server, key, too_big)
     assert status == 400 and "50 MB" in error["error"]["message"]
+    assert error["error"]["code"] == "invalid_request"
+    assert error["error"]["param"] == "reference_image"
     refused = peak_rss_mb(server.pid) - before
-    print(f"\nAPI process peak RSS: {before:.0f} MB before; +{accepted:.1f} MB during a 49.5 MB "
-          f"upload, +{refused:.1f} MB after a refused 53.5 MB upload")
     assert accepted < 20 and refused < 20
+    # The accepted one was charged at once (8 credits); the refused one made nothing.
+    assert get(f"{server.base}/api/v1/credits", key)[1]["credits"] == 1000 - 8
+    assert server.generations(account.user_id) == 1
 
 
 def test_local_image_urls_are_unguessable_and_served_without_a_key(server: Server) -> None:
+    key = server.account().key
     status, body = get(f"{server.base}/api/v1/models")
     assert status == 200
     result = subprocess.run(
         ["curl", "-s", f"{server.base}/api/v1/images/generations", "-H",
-         f"Authorization: Bearer {server.key}", "-H", "Content-Type: application/json", "-d",
+         f"Authorization: Bearer {key}", "-H", "Content-Type: application/json", "-d",
          json.dumps({"model": "gpt-image-2", "prompt": "x", "output_format": "jpeg"})],
         capture_output=True, text=True, timeout=60)
     generation = json.loads(result.stdout)

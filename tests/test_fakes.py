@@ -6,7 +6,6 @@ import base64
 import io
 import json
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import openai
@@ -17,22 +16,9 @@ from tests.fakes.openai_fake import OpenAIFake
 from tests.fakes.seaweed import SeaweedS3
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[OpenAIFake]:
-    with OpenAIFake() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset_fake(request: pytest.FixtureRequest) -> None:
-    if "fake" in request.fixturenames:
-        request.getfixturevalue("fake").reset()
-
-
-@pytest.fixture(scope="module")
-def s3() -> Iterator[SeaweedS3]:
-    with SeaweedS3() as server:
-        yield server
+@pytest.fixture
+def fake(openai_fake: OpenAIFake) -> OpenAIFake:
+    return openai_fake  # the session's fake (conftest.py starts it), reset
 
 
 def client(fake: OpenAIFake, **kwargs: Any) -> openai.AsyncOpenAI:

@@ -1,33 +1,11 @@
-"""Every way a generation request can be wrong: a 400 in the envelope, and nothing charged."""
-
-import io
-import json
+"""Every way a generation request can be wrong: a 400 in the envelope, and nothing charged.
+Refused uploads (reference images, multipart parts) are in tests/test_uploads.py; bodies and
+uploads against the real server in tests/reliability/test_hostile_input.py."""
 
 import pytest
-from PIL import Image
-from sqlalchemy import func, select
 
-from app.models import CreditLedgerEntry, Generation
 from tests.conftest import bearer
-
-PNG = io.BytesIO()
-Image.new("RGB", (32, 32), "green").save(PNG, "PNG")
-PNG_BYTES = PNG.getvalue()
-
-
-def webp_bytes() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (40, 30), "blue").save(out, "WEBP")
-    return out.getvalue()
-
-
-def jpeg_bytes() -> bytes:
-    out = io.BytesIO()
-    Image.new("RGB", (30, 40), "white").save(out, "JPEG")
-    return out.getvalue()
-
-
-BASE = {"model": "gpt-image-2", "prompt": "a red bicycle"}
+from tests.helpers import BASE, assert_400, assert_nothing_charged
 
 JSON_CASES = {
     "n zero": ({"n": 0}, "n"),
@@ -53,25 +31,6 @@ JSON_CASES = {
     "async not boolean": ({"async": "maybe"}, "async"),
     "reference in JSON": ({"reference_image": "aGVsbG8="}, "reference_image"),
 }
-
-
-async def assert_nothing_charged(client, user, key: str, credits_before: int) -> None:
-    balance = (await client.http.get("/api/v1/credits", headers=bearer(key))).json()["credits"]
-    assert balance == credits_before
-    async with client.session() as session:
-        generations = await session.scalar(select(func.count()).select_from(Generation)
-                                           .where(Generation.user_id == user.id))
-        movements = await session.scalar(select(func.count()).select_from(CreditLedgerEntry)
-                                         .where(CreditLedgerEntry.user_id == user.id))
-    assert (generations, movements) == (0, 1)  # the grant only
-
-
-def assert_400(response, param: str | None = None) -> None:
-    assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == "invalid_request" and error["message"]
-    if param:
-        assert error.get("param") == param, error
 
 
 @pytest.mark.parametrize("case", list(JSON_CASES))
@@ -100,72 +59,6 @@ async def test_unreadable_bodies(any_db, raw: bytes, content_type: str) -> None:
                                       headers={**bearer(key), "Content-Type": content_type})
     assert_400(response)
     await assert_nothing_charged(any_db, user, key, 100)
-
-
-async def test_huge_json_body_is_refused(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    body = json.dumps({**BASE, "padding": "x" * (10 * 1024 * 1024)})
-    response = await any_db.http.post("/api/v1/images/generations", content=body,
-                                      headers={**bearer(key), "Content-Type": "application/json"})
-    assert_400(response)
-    await assert_nothing_charged(any_db, user, key, 100)
-
-
-def multipart(files: list[tuple[str, tuple[str, bytes, str]]], **fields: str) -> dict:
-    return {"data": {**BASE, **fields}, "files": files}
-
-
-async def test_seventeen_references_are_too_many(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    files = [("reference_image", (f"{i}.png", PNG_BYTES, "image/png")) for i in range(17)]
-    response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      **multipart(files))
-    assert_400(response, "reference_image")
-    await assert_nothing_charged(any_db, user, key, 100)
-
-
-async def test_text_file_named_png_is_refused(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    files = [("reference_image", ("notes.png", b"just some text, honestly", "image/png"))]
-    response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      **multipart(files))
-    assert_400(response, "reference_image")
-    assert "PNG, JPEG or WebP" in response.json()["error"]["message"]
-    await assert_nothing_charged(any_db, user, key, 100)
-
-
-async def test_truncated_png_is_refused(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    big = io.BytesIO()
-    Image.effect_noise((256, 256), 50).save(big, "PNG")
-    files = [("reference_image", ("cut.png", big.getvalue()[:2000], "image/png"))]
-    response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      **multipart(files))
-    assert_400(response, "reference_image")
-    await assert_nothing_charged(any_db, user, key, 100)
-
-
-async def test_51_mb_reference_is_refused(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    blob = PNG_BYTES + b"\0" * (51 * 1024 * 1024)
-    files = [("reference_image", ("big.png", blob, "image/png"))]
-    response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      timeout=60, **multipart(files))
-    assert_400(response, "reference_image")
-    assert "50 MB" in response.json()["error"]["message"]
-    await assert_nothing_charged(any_db, user, key, 100)
-
-
-async def test_references_accepted_by_content_not_name(any_db) -> None:
-    user, key = await any_db.user_with_key(100)
-    files = [("reference_image", ("photo.png", webp_bytes(), "image/png")),
-             ("reference_image[]", ("x.gif", jpeg_bytes(), "image/gif"))]
-    response = await any_db.http.post("/api/v1/images/generations", headers=bearer(key),
-                                      **multipart(files, n="1", size="1024x1024"))
-    assert response.status_code == 200, response.text
-    async with any_db.session() as session:
-        generation = await session.get(Generation, response.json()["id"])
-        assert generation.reference_count == 2
 
 
 async def test_multipart_fields_and_booleans(any_db) -> None:

@@ -5,13 +5,15 @@ import asyncio
 import hashlib
 import io
 import urllib.request
+from pathlib import Path
 
 from PIL import Image
 from sqlalchemy import func, select
 
 from app.credits import service as credits
 from app.models import CreditLedgerEntry, Generation, GenerationImage
-from tests.conftest import bearer, poll
+from tests.conftest import bearer, own_queue_env, poll, running_client, settings_from_env
+from tests.fakes.processes import WorkerProcess
 
 PROMPT = "A cinematic product photo with premium studio lighting"
 
@@ -94,18 +96,22 @@ async def test_async_then_poll_through_the_worker(prod) -> None:
 
 async def test_multipart_with_two_references_uses_the_edit_endpoint(prod, openai_fake) -> None:
     _, key = await prod.user_with_key(20)
-    first, second = png_bytes(color="red"), png_bytes(80, 48, "blue")
+    first = png_bytes(color="red")
+    second = io.BytesIO()
+    Image.new("RGB", (80, 48), "blue").save(second, "WEBP")
     response = await prod.http.post(
         "/api/v1/images/generations", headers=bearer(key), timeout=60,
         data={"model": "gpt-image-2", "prompt": PROMPT, "size": "1024x1024", "n": "1",
               "quality": "low"},
         files=[("reference_image", ("a.png", first, "image/png")),
-               ("reference_image[]", ("b.png", second, "image/png"))])
+               # a WebP the client calls a GIF, in a folder: the upstream gets what it is
+               ("reference_image[]", ("../../b.gif", second.getvalue(), "image/gif"))])
     assert response.status_code == 200, response.text
     call = openai_fake.requests()[-1]
     assert call["endpoint"] == "/v1/images/edits"
-    assert [f["sha256"] for f in call["files"]] == [hashlib.sha256(first).hexdigest(),
-                                                    hashlib.sha256(second).hexdigest()]
+    assert [(f["filename"], f["content_type"], f["sha256"]) for f in call["files"]] == [
+        ("a.png", "image/png", hashlib.sha256(first).hexdigest()),
+        ("b.gif", "image/webp", hashlib.sha256(second.getvalue()).hexdigest())]
     assert call["fields"]["prompt"] == PROMPT and call["fields"]["quality"] == "low"
 
 
@@ -150,14 +156,22 @@ async def test_rate_limited_then_success_is_charged_once(prod, openai_fake) -> N
     assert charges == 1
 
 
-async def test_provider_timeout_fails_and_refunds(prod, openai_fake) -> None:
-    _, key = await prod.user_with_key(8)
-    openai_fake.configure(timeout=True)  # the worker's provider timeout is 4 s, 1 retry
-    response = await generate(prod, key)
-    assert response.status_code == 500, response.text
-    assert "timed out" in response.json()["error"]["message"]
-    assert await balance(prod, key) == 8
-    await audit_clean(prod)
+async def test_provider_timeout_fails_and_refunds(prod_env, prod_sdk_env, openai_fake,
+                                                  tmp_path: Path) -> None:
+    env = own_queue_env(prod_env, GIH_PROVIDER_TIMEOUT_S="1")  # a worker timing out in 1 s
+    worker = WorkerProcess(env, tmp_path / "worker.log").start()
+    try:
+        async with running_client(settings_from_env(env)) as client:
+            _, key = await client.user_with_key(8)
+            openai_fake.configure(timeout=True)  # 1 s per attempt, 1 retry
+            response = await generate(client, key)
+            assert response.status_code == 500, response.text
+            assert "timed out" in response.json()["error"]["message"]
+            assert len(openai_fake.requests()) == 2  # retried once
+            assert await balance(client, key) == 8
+            await audit_clean(client)
+    finally:
+        worker.stop()
 
 
 async def test_idempotency_key_replays_and_conflicts(prod) -> None:
@@ -210,10 +224,8 @@ async def test_another_users_generation_is_not_found(prod) -> None:
 
 async def test_sync_wait_limit_answers_202_and_the_work_goes_on(
         prod_env, worker, prod_sdk_env, openai_fake) -> None:
-    from tests.conftest import running_client, settings_from_env
-
-    openai_fake.configure(latency_ms=3000)
-    async with running_client(settings_from_env(prod_env, sync_timeout_s=1)) as client:
+    openai_fake.configure(latency_ms=1500)  # longer than the sync wait
+    async with running_client(settings_from_env(prod_env, sync_timeout_s=0.5)) as client:
         _, key = await client.user_with_key(8)
         response = await generate(client, key)
         assert response.status_code == 202, response.text

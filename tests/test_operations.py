@@ -1,6 +1,5 @@
 """Health, readiness with each dependency down in turn, and metrics that move."""
 
-import asyncio
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,6 +9,7 @@ from sqlalchemy import text
 
 from tests.conftest import bearer, make_settings, running_client, settings_from_env
 from tests.fakes.processes import RedisServer, free_port
+from tests.waiting import wait_until_async
 
 
 @pytest.fixture
@@ -44,12 +44,11 @@ async def test_readyz_names_redis_when_it_is_down_and_recovers(
         status, body = await readyz(client)
         assert status == 503 and body["error"]["failing"] == ["redis"]
         own_redis.start()
-        for _ in range(50):  # the connection pool reconnects by itself
-            status, body = await readyz(client)
-            if status == 200:
-                break
-            await asyncio.sleep(0.1)
-        assert status == 200, body
+
+        async def ready() -> bool:  # the connection pool reconnects by itself
+            return (await readyz(client))[0] == 200
+
+        await wait_until_async(ready, timeout=5, interval=0.1, what="/readyz 200 again")
 
 
 async def test_readyz_names_storage_at_a_closed_port(prod_env, prod_sdk_env) -> None:

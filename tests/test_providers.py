@@ -6,7 +6,7 @@ import hashlib
 import io
 import os
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,22 +17,16 @@ from app.providers import ImageRequest, ProviderError, ReferenceInput, create_pr
 from app.providers.base import decode_image
 from app.providers.mock import MockProvider
 from app.providers.openai import OpenAIProvider
-from tests.fakes.openai_fake import OpenAIFake, free_port
+from tests.fakes.openai_fake import OpenAIFake
+from tests.fakes.processes import free_port
 
 API_KEY = "sk-test-" + "k" * 32
 MODERATION = "Your request was rejected by the safety system"
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[OpenAIFake]:
-    with OpenAIFake() as server:
-        yield server
-
-
-@pytest.fixture(autouse=True)
-def _reset(request: pytest.FixtureRequest) -> None:
-    if "fake" in request.fixturenames:
-        request.getfixturevalue("fake").reset()
+@pytest.fixture
+def fake(openai_fake: OpenAIFake) -> OpenAIFake:
+    return openai_fake  # the session's fake, reset
 
 
 MakeProvider = Callable[..., OpenAIProvider]

@@ -1,5 +1,6 @@
 """A worker killed in the middle of a job: the generation still ends, once, and is billed once."""
 
+import asyncio
 import time
 
 from sqlalchemy import select
@@ -7,18 +8,13 @@ from sqlalchemy import select
 from app.credits import service as credits
 from app.models import CreditLedgerEntry, Generation
 from tests.conftest import bearer, poll
+from tests.waiting import wait_until_async
 
 
-async def wait_for_status(client, generation_id: str, status: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        async with client.session() as session:
-            current = await session.scalar(select(Generation.status)
-                                           .where(Generation.id == generation_id))
-        if current == status:
-            return
-        assert time.monotonic() < deadline, f"never reached {status} (is {current})"
-        time.sleep(0.05)
+async def status_of(client, generation_id: str) -> str | None:
+    async with client.session() as session:
+        return await session.scalar(select(Generation.status)
+                                    .where(Generation.id == generation_id))
 
 
 async def test_sigkilled_worker_mid_job_then_restarted(prod, worker, openai_fake) -> None:
@@ -29,11 +25,13 @@ async def test_sigkilled_worker_mid_job_then_restarted(prod, worker, openai_fake
         json={"model": "gpt-image-2", "prompt": "a lighthouse", "n": 2, "async": True})
     assert response.status_code == 202
     generation_id = response.json()["id"]
-    await wait_for_status(prod, generation_id, "running")
-    time.sleep(0.5)  # the upstream call is in flight
+    # The job is running and its upstream call in flight: the fake has it (it answers in 2.5 s).
+    await wait_until_async(lambda: asyncio.to_thread(openai_fake.requests), timeout=20,
+                           what="the upstream call")
+    assert await status_of(prod, generation_id) == "running"
     worker.kill()
     calls_before_restart = len(openai_fake.requests())
-    worker.start()
+    await asyncio.to_thread(worker.start)
 
     started = time.monotonic()
     done = await poll(prod, key, generation_id, timeout=60)

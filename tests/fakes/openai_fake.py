@@ -45,7 +45,6 @@ import math
 import os
 import random
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,9 @@ from starlette.datastructures import UploadFile
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+
+from tests.fakes.processes import free_port
+from tests.waiting import wait_until
 
 # ---------------------------------------------------------------------------
 # Switches and state
@@ -683,12 +685,6 @@ def main(argv: list[str] | None = None) -> None:
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
-
-
 class OpenAIFake:
     """Runs the fake in a subprocess on a free port.
 
@@ -722,7 +718,7 @@ class OpenAIFake:
             return self
         attempts = 1 if self._requested_port else 3
         for attempt in range(attempts):
-            self.port = self._requested_port or free_port(self.host)
+            self.port = self._requested_port or free_port()
             try:
                 self._spawn()
                 atexit.register(self.stop)
@@ -752,18 +748,21 @@ class OpenAIFake:
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                break
-            try:
-                self._call("GET", "/_health", timeout=1.0)
-                return
-            except (OSError, RuntimeError):
-                time.sleep(0.05)
-        output = self._output()
-        self.stop()
-        raise RuntimeError(f"openai fake did not become healthy on {self.url}:\n{output}")
+        proc = self._proc
+
+        def healthy() -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"exited with {proc.returncode}")
+            self._call("GET", "/_health", timeout=1.0)
+            return True
+
+        try:
+            wait_until(healthy, timeout=self.startup_timeout, ignoring=(OSError,))
+        except (AssertionError, RuntimeError) as exc:
+            output = self._output()
+            self.stop()
+            raise RuntimeError(f"openai fake did not become healthy on {self.url} ({exc}):\n"
+                               f"{output}") from None
 
     def _output(self) -> str:
         if self._log is None:

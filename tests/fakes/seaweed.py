@@ -28,6 +28,8 @@ from typing import IO, Any
 import boto3
 from botocore.config import Config
 
+from tests.waiting import wait_until
+
 WEED_ENV = "WEED_BIN"
 # Services of `weed mini` with an http port and a gRPC port. Their gRPC port is set to
 # http + 10000 (SeaweedFS's default offset), because some internal clients (e.g. the
@@ -184,29 +186,35 @@ class SeaweedS3:
         )
         atexit.register(self.stop)
         try:
-            self._wait_ready(began + self.startup_timeout)
+            self._wait_ready(self.startup_timeout)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
         return self
 
-    def _wait_ready(self, deadline: float) -> None:
+    def _wait_ready(self, timeout: float) -> None:
         probe = self.client(connect_timeout=1, read_timeout=2, retries={"max_attempts": 1})
-        error: Exception | None = None
-        while time.monotonic() < deadline:
+        errors: list[Exception] = []
+
+        def ready() -> bool:
             assert self._proc is not None
             if self._proc.poll() is not None:
-                raise RuntimeError(f"weed exited with {self._proc.returncode}:\n{self.log_tail()}")
+                raise RuntimeError(f"weed exited with {self._proc.returncode}:\n"
+                                   f"{self.log_tail()}")
             try:
                 probe.list_buckets()
-                return
+                return True
             except Exception as exc:  # not up yet: connection refused, 503, ...
-                error = exc
-                time.sleep(0.1)
-        raise RuntimeError(
-            f"SeaweedFS S3 not ready within {self.startup_timeout}s ({error!r}):\n{self.log_tail()}"
-        )
+                errors[:] = [exc]
+                return False
+
+        try:
+            wait_until(ready, timeout=timeout, interval=0.1)
+        except AssertionError:
+            raise RuntimeError(f"SeaweedFS S3 not ready within {self.startup_timeout}s "
+                               f"({errors[0] if errors else None!r}):\n{self.log_tail()}"
+                               ) from None
 
     def log_tail(self, chars: int = 4000) -> str:
         if self._dir is None:

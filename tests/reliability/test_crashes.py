@@ -4,7 +4,8 @@ job (job taken but generation not yet claimed; images stored but generation not 
 Every generation still ends, once, within the sweep's time; no image is stored twice or left
 behind; no credit is charged or refunded twice; balances, ledger and `gih credits audit` agree.
 
-The random schedule is seeded (RELIABILITY_SEED overrides it) and printed, to replay a run.
+The random schedule is seeded (RELIABILITY_SEED overrides it, to replay a run); a failure
+names the seed.
 """
 
 import asyncio
@@ -13,7 +14,6 @@ import os
 import random
 import re
 import signal
-import subprocess
 import time
 from collections import Counter, defaultdict
 from datetime import UTC, datetime
@@ -22,9 +22,9 @@ from pathlib import Path
 import asyncpg
 import httpx2
 
-from tests.conftest import S3_BUCKET, bearer
-from tests.fakes.processes import start_serve
-from tests.test_cli import run
+from tests.conftest import S3_BUCKET, audit_problems, bearer, settings_from_env
+from tests.fakes.processes import start_serve, stop_process
+from tests.waiting import wait_until_async
 
 SEED = int(os.environ.get("RELIABILITY_SEED", "20260430"))
 FINAL = ("succeeded", "failed")
@@ -42,24 +42,13 @@ async def sql(pg_url: str, query: str, *args: object) -> list[asyncpg.Record]:
         await conn.close()
 
 
-def ready_count(worker) -> int:
-    return worker.log_path.read_bytes().count(b"gih worker ready")
-
-
 async def restart_worker(worker) -> None:
-    """Start the worker and wait for *this* start to be ready (the log holds earlier ones)."""
-    before = ready_count(worker)
+    """Start the worker again and wait until this start is ready."""
     await asyncio.to_thread(worker.start)
-    deadline = time.monotonic() + 30
-    while ready_count(worker) <= before:
-        assert worker.process.poll() is None, "gih worker died at start:\n" + worker.log_tail()
-        assert time.monotonic() < deadline, "gih worker not ready in 30 s:\n" + worker.log_tail()
-        await asyncio.sleep(0.05)
 
 
 async def ensure_worker(worker) -> None:
-    if worker.process is None or worker.process.poll() is not None:
-        await restart_worker(worker)
+    await asyncio.to_thread(worker.ensure_running)
 
 
 async def describe_open(pg_url: str, prod_env: dict[str, str], ids: list[str]) -> list[str]:
@@ -92,21 +81,37 @@ async def wait_all_final(pg_url: str, ids: list[str], timeout: float, prod_env: 
     """Wait until every generation is final; after `snapshot_after` s, note once what is still
     open (into `snapshot`), to explain a slow finish."""
     started = time.monotonic()
-    while True:
+    statuses: dict[str, str] = {}
+
+    async def all_final() -> bool:
         rows = await sql(pg_url, "SELECT id, status FROM generations WHERE id = ANY($1)", ids)
-        statuses = {r["id"]: r["status"] for r in rows}
-        open_ = [i for i, s in statuses.items() if s not in FINAL]
-        if len(statuses) == len(ids) and not open_:
-            return statuses
+        statuses.clear()
+        statuses.update({r["id"]: r["status"] for r in rows})
+        if len(statuses) == len(ids) and all(s in FINAL for s in statuses.values()):
+            return True
         elapsed = time.monotonic() - started
         if snapshot is not None and not snapshot and snapshot_after is not None \
                 and elapsed > snapshot_after:
             snapshot.append(f"still open {elapsed:.0f} s after the last restart:")
             snapshot.extend(await describe_open(pg_url, prod_env, ids))
-        if elapsed > timeout:
-            raise AssertionError(f"{len(open_)} generations not final after {timeout:.0f} s:\n"
-                                 + "\n".join(await describe_open(pg_url, prod_env, ids)))
-        await asyncio.sleep(0.25)
+        return False
+
+    try:
+        await wait_until_async(all_final, timeout=timeout, interval=0.25)
+    except AssertionError:
+        open_ = [i for i, s in statuses.items() if s not in FINAL]
+        raise AssertionError(f"{len(open_)} generations not final after {timeout:.0f} s "
+                             f"(seed {SEED}):\n"
+                             + "\n".join(await describe_open(pg_url, prod_env, ids))) from None
+    return statuses
+
+
+async def blocked_by(pg_url: str, lock: "RowLock") -> bool:
+    """Some session waits for the row lock `lock` holds."""
+    assert lock.conn is not None
+    rows = await sql(pg_url, "SELECT count(*) FROM pg_stat_activity "
+                             "WHERE $1 = ANY(pg_blocking_pids(pid))", lock.conn.get_server_pid())
+    return rows[0][0] > 0
 
 
 def stored_objects(s3, generation_id: str) -> list[str]:
@@ -181,9 +186,9 @@ async def check_books(pg_url: str, s3, generations: dict[str, dict],
             "max attempts": max(r["attempts"] for r in rows.values())}
 
 
-def audit(prod_env: dict[str, str]) -> None:
-    result = run("credits", "audit", env={**os.environ, **prod_env}, check=False)
-    assert result.returncode == 0, result.stdout + result.stderr
+async def audit(prod_env: dict[str, str]) -> None:
+    """What `gih credits audit` checks: every balance = its ledger = its lots."""
+    assert await audit_problems(settings_from_env(prod_env)) == [], f"seed {SEED}"
 
 
 # --- 1. the worker SIGKILLed at random moments under load ---------------------------------------
@@ -203,8 +208,6 @@ async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake,
              rng.uniform(0.1, 0.6)) for _ in range(GENERATIONS)]
     kill_delays = [rng.uniform(1.5, 3.5) for _ in range(KILLS)]
     latency_rng = random.Random(SEED + 7)
-    print(f"\nseed {SEED}: kill delays {[round(d, 2) for d in kill_delays]} s "
-          f"(each after the worker is ready and a job runs)")
 
     accounts = [await prod.user_with_key(GRANT) for _ in range(USERS)]
     submitted: dict[str, int] = {}  # generation id -> user index
@@ -227,30 +230,28 @@ async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake,
             assert response.status_code == 202, response.text
             submitted[response.json()["id"]] = user
 
+    async def running_now() -> int:
+        return (await sql(pg_url, "SELECT count(*) FROM generations WHERE status = 'running' "
+                                  "AND user_id = ANY($1)", [a.id for a, _ in accounts]))[0][0]
+
     async def kill_rounds() -> None:
         for delay in kill_delays:
-            await asyncio.sleep(delay)
-            for _ in range(60):  # kill while at least one job is inside its work
-                running = (await sql(pg_url, "SELECT count(*) FROM generations "
-                                             "WHERE status = 'running'"))[0][0]
-                if running:
-                    break
-                await asyncio.sleep(0.05)
+            await asyncio.sleep(delay)  # the schedule under test: kills at random moments
+            try:  # kill while at least one job is inside its work, if one comes within 3 s
+                running = await wait_until_async(running_now, timeout=3)
+            except AssertionError:
+                running = 0
             await asyncio.to_thread(worker.kill)
-            killed_at = datetime.now(UTC)
+            kills.append({"at": datetime.now(UTC), "running": running})
             await restart_worker(worker)
-            kills.append({"at": killed_at, "running": running,
-                          "down_s": (datetime.now(UTC) - killed_at).total_seconds()})
 
     upstream = asyncio.create_task(vary_upstream())
-    started = time.monotonic()
     try:
         await asyncio.gather(submit_all(), kill_rounds())
         last_kill = kills[-1]["at"]
         slow: list[str] = []
         statuses = await wait_all_final(pg_url, list(submitted), timeout=80, prod_env=prod_env,
                                         snapshot_after=20, snapshot=slow)
-        finished_in = time.monotonic() - started
         upstream.cancel()
         await asyncio.gather(upstream, return_exceptions=True)
         await asyncio.to_thread(openai_fake.configure)
@@ -266,26 +267,20 @@ async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake,
         for account, key in accounts:
             response = await prod.http.get("/api/v1/credits", headers=bearer(key))
             balances[account.id] = response.json()["credits"]
-        figures = await check_books(
-            pg_url, s3, generations, balances, {a.id: GRANT for a, _ in accounts})
+        await check_books(pg_url, s3, generations, balances, {a.id: GRANT for a, _ in accounts})
         completed = await sql(pg_url, "SELECT max(completed_at) FROM generations "
                                       "WHERE id = ANY($1)", list(submitted))
         after_last_kill = (completed[0][0] - last_kill).total_seconds()
-        audit(prod_env)
-        print(f"worker crashes: {len(generations)} generations, {len(kills)} kills "
-              f"(running at each kill: {[k['running'] for k in kills]}, worker down "
-              f"{[round(k['down_s'], 1) for k in kills]} s), {figures['re-enqueued']} "
-              f"re-enqueued (max attempts {figures['max attempts']}), last one finished "
-              f"{after_last_kill:.1f} s after the last kill, all final {finished_in:.1f} s after "
-              f"the first submission; {figures['succeeded']} succeeded, {figures['failed']} "
-              f"failed; audit clean")
+        await audit(prod_env)
         assert len(kills) == KILLS
+        assert any(k["running"] for k in kills), f"seed {SEED}: no kill hit a running job"
         if after_last_kill >= FINISH_WITHIN_S:
             stuck = {m.group(0) for line in slow for m in [re.match(r"gen_\w+", line)] if m}
             worker_lines = [line[:400] for line in worker.log_path.read_text().splitlines()
                             if any(g in line for g in stuck)]
             raise AssertionError(
-                f"the last generation finished {after_last_kill:.1f} s after the last kill "
+                f"seed {SEED}: the last generation finished {after_last_kill:.1f} s after the "
+                f"last kill "
                 f"(the sweep re-enqueues after {prod_env['GIH_STALE_AFTER_S']} s):\n"
                 + "\n".join(slow) + "\nkills at " + ", ".join(
                     k["at"].isoformat(timespec="milliseconds") for k in kills)
@@ -295,25 +290,12 @@ async def test_worker_sigkilled_repeatedly_under_load(prod, worker, openai_fake,
         upstream.cancel()
         await asyncio.gather(upstream, return_exceptions=True)
         await ensure_worker(worker)
-        openai_fake.reset()
 
 
 # --- 2. the API SIGKILLed in the middle of sync requests ----------------------------------------
 
 SYNC_REQUESTS = 20
 SYNC_USERS = 4
-
-
-def stop_serve(process: subprocess.Popen | None) -> None:
-    if process is None or process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(30)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait(10)
 
 
 async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, prod_env,
@@ -328,9 +310,6 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
         user = rng.randrange(SYNC_USERS)
         requests.append({"user": user, "key": f"api-crash-{SEED}-{i}", "body": {
             "model": "gpt-image-2", "prompt": f"api crash {SEED} #{i}", "n": rng.randint(1, 3)}})
-    print(f"\nseed {SEED}: serve SIGKILLed once {kill_at} of {SYNC_REQUESTS} sync requests are "
-          f"accepted, upstream latency {latency} ms")
-    openai_fake.reset()
     openai_fake.configure(latency_ms=latency)
     first = second = None
     try:
@@ -344,16 +323,19 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
         watch = await asyncpg.connect(pg_url, timeout=10)
         async with httpx2.AsyncClient(base_url=base, timeout=60) as http:
             calls = [asyncio.create_task(post(http, r)) for r in requests]
-            fired = time.monotonic()
-            try:
-                while time.monotonic() - fired < 5 and await watch.fetchval(
-                        "SELECT count(*) FROM generations WHERE user_id = ANY($1)",
-                        user_ids) < kill_at:
-                    await asyncio.sleep(0.02)
+
+            async def accepted() -> bool:
+                return await watch.fetchval(
+                    "SELECT count(*) FROM generations WHERE user_id = ANY($1)",
+                    user_ids) >= kill_at
+
+            try:  # kill once `kill_at` are accepted, or after 5 s whatever the count
+                await wait_until_async(accepted, timeout=5, interval=0.02)
+            except AssertionError:
+                pass
             finally:
                 await watch.close()
             os.killpg(first.pid, signal.SIGKILL)
-            kill_after = time.monotonic() - fired
             await asyncio.to_thread(first.wait, 10)
             answers = await asyncio.gather(*calls, return_exceptions=True)
         answered = [a for a in answers if isinstance(a, httpx2.Response)]
@@ -367,7 +349,6 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
         before = {r["idempotency_key"]: r["id"] for r in await sql(
             pg_url, "SELECT idempotency_key, id FROM generations WHERE user_id = ANY($1)",
             user_ids)}
-        calls_before_replay = len(openai_fake.requests())
 
         second, base = start_serve(prod_env, tmp_path / "serve-2.log", workers=1)
         restarted = time.monotonic()
@@ -394,7 +375,6 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
                 ids[request["key"]] = gen_id
             await wait_all_final(pg_url, list(ids.values()), prod_env=prod_env,
                                  timeout=60 - (time.monotonic() - restarted))
-            finished_in = time.monotonic() - restarted
             generations = {}
             for request in requests:
                 account, key = accounts[request["user"]]
@@ -413,16 +393,8 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
         assert sorted(r["idempotency_key"] for r in per_key) == sorted(r["key"] for r in requests)
         assert all(r["c"] == 1 for r in per_key), [dict(r) for r in per_key]
         assert len(set(ids.values())) == SYNC_REQUESTS
-        figures = await check_books(pg_url, s3, generations, balances,
-                                    {a.id: GRANT for a, _ in accounts})
-        audit(prod_env)
-        print(f"api crash: {SYNC_REQUESTS} sync requests, {len(before)} accepted before the "
-              f"kill at {kill_after:.2f} s ({len(answered)} answered, {len(cut_off)} cut off), "
-              f"{SYNC_REQUESTS - len(before)} created by the replay; upstream calls "
-              f"{calls_before_replay} before the replay, {len(openai_fake.requests())} in all; "
-              f"all final {finished_in:.1f} s after the restart; {figures['succeeded']} "
-              f"succeeded, {figures['failed']} failed, {figures['re-enqueued']} re-enqueued; "
-              f"audit clean; {len(replay_errors)} answers were errors")
+        await check_books(pg_url, s3, generations, balances, {a.id: GRANT for a, _ in accounts})
+        await audit(prod_env)
         logged = (tmp_path / "serve-2.log").read_text()
         assert not replay_errors, (
             "requests answered neither with their generation nor with its failure:\n"
@@ -432,9 +404,8 @@ async def test_api_sigkilled_during_sync_requests(prod, worker, openai_fake, pro
         if first is not None and first.poll() is None:
             os.killpg(first.pid, signal.SIGKILL)
             first.wait(10)
-        stop_serve(second)
+        stop_process(second)
         await ensure_worker(worker)
-        openai_fake.reset()
 
 
 # --- 3. the two narrow windows of a job, held open with a row lock, then the worker SIGKILLed ---
@@ -467,10 +438,7 @@ class RowLock:
 
 
 async def wait_for(check, what: str, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while not await check():
-        assert time.monotonic() < deadline, f"never saw {what} in {timeout:.0f} s"
-        await asyncio.sleep(0.05)
+    await wait_until_async(check, timeout=timeout, what=what)
 
 
 async def generation_books(prod, pg_url: str, s3, account, key: str,
@@ -491,8 +459,6 @@ async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, 
     worker dies: the sweep must re-enqueue it like any interrupted job."""
     import redis.asyncio as aioredis
 
-    await ensure_worker(worker)
-    openai_fake.reset()
     account, key = await prod.user_with_key(GRANT)
     redis = aioredis.from_url(prod_env["GIH_REDIS_URL"])
     lock = RowLock()
@@ -507,9 +473,9 @@ async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, 
         await restart_worker(worker)
         await wait_for(lambda: redis.exists(f"arq:in-progress:gen:{gen_id}:1"),
                        "the job marked in progress")
-        await asyncio.sleep(0.5)  # the job is now waiting for its claim's row lock
+        # the job now waits for its claim's row lock
+        await wait_for(lambda: blocked_by(pg_url, lock), "the claim waiting for the row lock")
         await asyncio.to_thread(worker.kill)
-        killed = time.monotonic()
         await lock.release()
         await restart_worker(worker)
         snapshot: list[str] = []
@@ -519,17 +485,13 @@ async def test_worker_killed_between_taking_a_job_and_claiming_it(prod, worker, 
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n(at 10 s: {snapshot})\narq keeps the in-progress mark "
                                  f"of a dead worker's job for job_timeout + 10 s") from None
-        finished = time.monotonic() - killed
         body, figures = await generation_books(prod, pg_url, s3, account, key, gen_id)
         assert body["status"] == "succeeded" and len(body["images"]) == 1, body
-        audit(prod_env)
-        print(f"\nkilled between taking and claiming: {gen_id} {body['status']} "
-              f"{finished:.1f} s after the kill, attempts {figures['max attempts']}")
+        await audit(prod_env)
     finally:
         await lock.release()
         await redis.aclose()
         await ensure_worker(worker)
-        openai_fake.reset()
 
 
 async def test_worker_killed_between_storing_images_and_finishing(prod, worker, openai_fake,
@@ -537,8 +499,6 @@ async def test_worker_killed_between_storing_images_and_finishing(prod, worker, 
                                                                   s3) -> None:
     """Attempt 1 stored all four images and died before finishing; attempt 2 gets one image.
     The generation delivers one image and refunds three; the bucket must hold that one only."""
-    await ensure_worker(worker)
-    openai_fake.reset()
     openai_fake.configure(latency_ms=1000)
     account, key = await prod.user_with_key(GRANT)
     lock = RowLock()
@@ -558,10 +518,11 @@ async def test_worker_killed_between_storing_images_and_finishing(prod, worker, 
         await lock.take(pg_url, gen_id)
         await wait_for(lambda: asyncio.to_thread(lambda: len(stored_objects(s3, gen_id)) == 4),
                        "four stored images")
-        await asyncio.sleep(0.3)  # the job now waits for its finishing row lock
+        # the job now waits for its finishing row lock
+        await wait_for(lambda: blocked_by(pg_url, lock), "the finish waiting for the row lock")
         await asyncio.to_thread(worker.kill)
         await lock.release()
-        stored_by_attempt_1 = await asyncio.to_thread(stored_objects, s3, gen_id)
+        assert len(await asyncio.to_thread(stored_objects, s3, gen_id)) == 4  # attempt 1's
         await asyncio.to_thread(openai_fake.configure, fewer_images=1)
         await restart_worker(worker)
         await wait_all_final(pg_url, [gen_id], timeout=TARGETED_WITHIN_S, prod_env=prod_env)
@@ -569,14 +530,9 @@ async def test_worker_killed_between_storing_images_and_finishing(prod, worker, 
         body = response.json()
         assert body["status"] == "succeeded" and len(body["images"]) == 1, body
         assert body["usage"] == {"credits": 8, "credits_requested": 32}, body
-        remaining = await asyncio.to_thread(stored_objects, s3, gen_id)
-        print(f"\nkilled between storing and finishing: {gen_id} delivered 1 of 4; attempt 1 "
-              f"stored {len(stored_by_attempt_1)} objects, the bucket now holds "
-              f"{len(remaining)}: {[k.rsplit('/', 1)[1] for k in remaining]}")
         _, figures = await generation_books(prod, pg_url, s3, account, key, gen_id)
         assert figures["max attempts"] == 2
-        audit(prod_env)
+        await audit(prod_env)
     finally:
         await lock.release()
         await ensure_worker(worker)
-        openai_fake.reset()

@@ -14,15 +14,12 @@ generation and one charge; `gih credits audit` exits 0.
 The second run has the upstream fail 30% of calls and return one image too few on 20% (the
 worker retries a failed call once), so some generations fail (full refund) and some succeed
 partially (refund of the missing images): the same equations must hold.
-
-Each run prints one `figures` line (they go into docs/reliability.md).
 """
 
 import asyncio
 import os
 import random
 import secrets
-import signal
 import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
@@ -34,13 +31,8 @@ import asyncpg
 import httpx2
 import pytest
 
-from app.accounts import service as users
-from app.credits import service as credits
-from app.db import create_engine, create_sessionmaker
-from app.keys import service as api_keys
-from tests.conftest import settings_from_env
-from tests.fakes.processes import start_serve
-from tests.test_cli import run
+from tests.conftest import audit_problems, bearer, create_account, settings_from_env
+from tests.fakes.processes import start_serve, stop_process
 
 PRICES = {"1K": 8, "2K": 10, "4K": 12}
 RATIOS = ("1:1", "16:9", "3:2", "4:5")
@@ -58,24 +50,26 @@ TOTAL_WAIT_S = 75.0 * SOAK  # every request answered and every generation final 
 FINAL = ("succeeded", "failed")
 
 
-SERVE_LOG: dict[str, Path] = {}
-
-
 # --- the server -------------------------------------------------------------------------------
 
 
+@dataclass
+class Served:
+    base: str
+    log: Path
+
+
 @pytest.fixture(scope="module")
-def money_api(prod_env: dict[str, str], worker,
-              tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """Our own `gih serve --workers 2` in production mode (the session's worker runs the jobs)."""
+def money_api(prod_env: dict[str, str], session_worker,
+              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+    """Our own `gih serve --workers 2` in production mode (the session's worker runs the jobs;
+    each test's `worker` fixture makes sure it is up)."""
     log = tmp_path_factory.mktemp("money-serve") / "serve.log"
-    SERVE_LOG["path"] = log
     process, base = start_serve(prod_env, log, workers=2)
     try:
-        yield base
+        yield Served(base, log)
     finally:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(30)
+        stop_process(process)
 
 
 # --- the plan ---------------------------------------------------------------------------------
@@ -185,25 +179,8 @@ async def make_accounts(prod_env: dict[str, str], grants: list[int]) -> list[Acc
     """Users, grants and keys, written the way the CLI writes them (in-process: 16 CLI processes
     would cost ~10 s of the 2 shared cores)."""
     settings = settings_from_env(prod_env)
-    engine = create_engine(settings)
-    sessionmaker = create_sessionmaker(engine)
-    accounts = []
-    try:
-        async with sessionmaker() as session, session.begin():
-            for amount in grants:
-                user = await users.create(session, f"load{secrets.token_hex(6)}@example.com",
-                                          account_type="PRO")
-                await credits.grant(session, user.id, amount, note="money under load")
-                issued = await api_keys.issue(session, user, secret=settings.hashing_secret(),
-                                              name="load")
-                accounts.append(Account(user.id, issued.raw_key, amount))
-    finally:
-        await engine.dispose()
-    return accounts
-
-
-def bearer(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
+    made = [await create_account(settings, amount, key_name="load") for amount in grants]
+    return [Account(a.user_id, a.key, amount) for a, amount in zip(made, grants, strict=True)]
 
 
 # --- the load ---------------------------------------------------------------------------------
@@ -328,11 +305,8 @@ class Outcome:
     calls: list[Call]
     accounts: list[Account]
     samples: Samples
-    submit_wall: float
-    wall: float
     finals: dict[str, dict[str, Any]]
     owner: dict[str, int]
-    upstream_calls: int
     poll_problems: list[str]
 
 
@@ -342,7 +316,6 @@ async def run_load(base: str, pg_url: str, prod_env: dict[str, str], label: str,
     calls = make_plan(rng, label)
     grants = [max(16, round(GRANT_SHARE * planned_cost(calls, u))) for u in range(USERS)]
     accounts = await make_accounts(prod_env, grants)
-    upstream_before = len(openai_fake.requests())
     # keepalive_expiry below uvicorn's 5 s keep-alive, so that no request is sent on a
     # connection the server is closing at that moment (a client-side race, not the server's).
     limits = httpx2.Limits(max_connections=REQUESTS + 50, max_keepalive_connections=REQUESTS + 50,
@@ -353,8 +326,7 @@ async def run_load(base: str, pg_url: str, prod_env: dict[str, str], label: str,
         stop = asyncio.Event()
         sampler = asyncio.create_task(
             sample_balances(sampler_http, base, pg_url, accounts, stop, samples))
-        started = time.monotonic()
-        deadline = started + TOTAL_WAIT_S
+        deadline = time.monotonic() + TOTAL_WAIT_S
         poll_problems: list[str] = []
 
         async def client(call: Call) -> None:
@@ -370,9 +342,6 @@ async def run_load(base: str, pg_url: str, prod_env: dict[str, str], label: str,
         finally:
             stop.set()
             await sampler
-        # The burst: every request but the late replays, from the start to its last answer.
-        submit_wall = max((c.latency + c.delay for c in calls if c.delay <= START_SPREAD_S),
-                          default=0.0)
         # The final state of every accepted generation, from the API (sync 200/500 answers are
         # final already; this is also where usage.credits comes from).
         owner = {c.generation_id: c.user for c in calls if c.generation_id}
@@ -387,51 +356,10 @@ async def run_load(base: str, pg_url: str, prod_env: dict[str, str], label: str,
                 finals[generation_id] = body
 
         await asyncio.gather(*(final_of(g) for g in owner))
-        wall = time.monotonic() - started
-    upstream = len(openai_fake.requests()) - upstream_before
-    return Outcome(calls, accounts, samples, submit_wall, wall, finals, owner, upstream,
-                   poll_problems)
+    return Outcome(calls, accounts, samples, finals, owner, poll_problems)
 
 
 # --- the checks -------------------------------------------------------------------------------
-
-
-def percentile(values: list[float], share: float) -> float:
-    if not values:
-        return 0.0
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, max(0, round(share * len(ordered)) - 1))]
-
-
-def figures(label: str, out: Outcome) -> str:
-    statuses = Counter(c.status for c in out.calls)
-    burst = sum(1 for c in out.calls if c.delay <= START_SPREAD_S)
-    other = sum(1 for c in out.calls if not c.generation_id and c.status not in (402, 409))
-    finals = list(out.finals.values())
-    partial = sum(1 for g in finals if g["status"] == "succeeded" and len(g["images"]) < g["n"])
-    latencies = [c.latency for c in out.calls if c.status is not None]
-    sync = [c.latency for c in out.calls if c.status is not None and not c.is_async]
-    asyn = [c.latency for c in out.calls if c.status is not None and c.is_async]
-    charged = sum(g["usage"]["credits"] for g in finals)
-    requested = sum(g["usage"]["credits_requested"] for g in finals)
-
-    def ms(values: list[float], share: float) -> str:
-        return f"{percentile(values, share) * 1000:.0f}ms"
-
-    return (
-        f"figures[{label}]: requests={len(out.calls)} "
-        f"accepted={sum(1 for c in out.calls if c.generation_id)} generations={len(out.owner)} "
-        f"402={statuses[402]} 409={statuses[409]} other={other} "
-        f"succeeded={sum(1 for g in finals if g['status'] == 'succeeded')} "
-        f"failed={sum(1 for g in finals if g['status'] == 'failed')} partial={partial} "
-        f"credits_charged={charged}/{requested} upstream_calls={out.upstream_calls} "
-        f"wall={out.wall:.1f}s burst={out.submit_wall:.1f}s "
-        f"requests/s={burst / max(out.submit_wall, 1e-9):.1f} "
-        f"submit_p50={ms(latencies, 0.5)} submit_p99={ms(latencies, 0.99)} "
-        f"(async p50={ms(asyn, 0.5)} p99={ms(asyn, 0.99)}; "
-        f"sync p50={ms(sync, 0.5)} p99={ms(sync, 0.99)}) "
-        f"balance_samples={out.samples.api}+{out.samples.sql}sql"
-    )
 
 
 def check_responses(out: Outcome) -> list[str]:
@@ -604,23 +532,20 @@ async def check_money(base: str, pg_url: str, out: Outcome) -> list[str]:
     return problems
 
 
-async def load_and_check(label: str, seed: int, base: str, pg_url: str,
+async def load_and_check(label: str, seed: int, served: Served, pg_url: str,
                          prod_env: dict[str, str], openai_fake) -> Outcome:
+    base = served.base
     out = await run_load(base, pg_url, prod_env, label, seed, openai_fake)
-    print("\n" + figures(label, out), flush=True)
     problems = out.samples.problems[:10] + out.poll_problems[:10]
     if out.samples.api < 2 * USERS or out.samples.sql < 2 * USERS:
         problems.append(f"too few balance samples during the load: {out.samples}")
     problems += check_responses(out)
     problems += check_generations(out)
     problems += await check_money(base, pg_url, out)
-    audit = run("credits", "audit", env={**os.environ, **prod_env}, check=False)
-    if audit.returncode != 0:
-        problems.append(f"gih credits audit exited {audit.returncode}: "
-                        f"{audit.stdout[-500:]}{audit.stderr[-500:]}")
+    problems += [f"audit: {p}" for p in await audit_problems(settings_from_env(prod_env))]
     answers = Counter((c.status, (error_of(c) or {}).get("code")) for c in out.calls)
     assert not problems, (f"{len(problems)} problem(s); answers {dict(answers)}; server log "
-                          f"{SERVE_LOG.get('path')}:\n" + "\n".join(problems[:40]))
+                          f"{served.log}:\n" + "\n".join(problems[:40]))
     return out
 
 
@@ -628,13 +553,9 @@ async def load_and_check(label: str, seed: int, base: str, pg_url: str,
 
 
 async def test_money_adds_up_under_200_concurrent_requests(
-        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
-    openai_fake.reset()
+        money_api: Served, worker, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
     openai_fake.configure(latency_ms=50)
-    try:
-        out = await load_and_check("clean", 20260430, money_api, pg_url, prod_env, openai_fake)
-    finally:
-        openai_fake.reset()
+    out = await load_and_check("clean", 20260430, money_api, pg_url, prod_env, openai_fake)
     statuses = Counter(c.status for c in out.calls)
     # The upstream never fails here: every accepted generation succeeds in full.
     failed = [g["id"] for g in out.finals.values()
@@ -645,14 +566,10 @@ async def test_money_adds_up_under_200_concurrent_requests(
 
 
 async def test_money_adds_up_when_the_upstream_fails_30_percent(
-        money_api: str, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
-    openai_fake.reset()
+        money_api: Served, worker, pg_url: str, prod_env: dict[str, str], openai_fake) -> None:
     openai_fake.configure(latency_ms=50, fail_rate=0.3, fewer_rate=0.2, seed=424242)
-    try:
-        out = await load_and_check("upstream-30%-failing", 20260501, money_api, pg_url,
-                                   prod_env, openai_fake)
-    finally:
-        openai_fake.reset()
+    out = await load_and_check("upstream-30%-failing", 20260501, money_api, pg_url,
+                               prod_env, openai_fake)
     finals = list(out.finals.values())
     failed = [g for g in finals if g["status"] == "failed"]
     partial = [g for g in finals if g["status"] == "succeeded" and len(g["images"]) < g["n"]]
