@@ -169,7 +169,6 @@ async def test_a_dead_key_cannot_enqueue_work(pg, how: str) -> None:
     assert_401(response.status_code, response.json(), code)
 
 
-@pytest.fixture(scope="module")
 @dataclass
 class Served:
     base: str
@@ -177,6 +176,7 @@ class Served:
     log: Path
 
 
+@pytest.fixture(scope="module")
 def served(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     """`gih serve --workers 2` on PostgreSQL (mock provider, local storage), DEBUG logging,
     stdout and stderr in a file."""
