@@ -66,11 +66,14 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
     log_prompts: bool = False
     worker_metrics_port: int = Field(9091, ge=0, le=65535)
+    # The console's sign-up page: None means open in the embedded default, closed otherwise.
+    signup: Literal["open", "closed"] | None = None
+    signup_credits: int = Field(0, ge=0, le=1_000_000_000)
 
     @field_validator("public_base_url", "redis_url", "s3_bucket", "s3_endpoint_url",
                      "s3_public_base_url", "s3_presign_endpoint_url", "secret_key", "catalog_path",
                      "provider", "rate_limit_per_min", "max_concurrent_generations",
-                     mode="before")
+                     "signup", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:
         return None if value == "" else value
@@ -90,6 +93,16 @@ class Settings(BaseSettings):
             return self.public_base_url.rstrip("/")
         host = "127.0.0.1" if self.host in ("0.0.0.0", "::") else self.host
         return f"http://{host}:{self.port}"
+
+    @property
+    def signup_open(self) -> bool:
+        """Whether anyone may create an account in the console (GIH_SIGNUP)."""
+        return self.embedded if self.signup is None else self.signup == "open"
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Cookies are `Secure` when the server is reached over https."""
+        return self.base_url.startswith("https://")
 
     @property
     def provider_name(self) -> str:

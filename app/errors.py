@@ -29,7 +29,8 @@ class ErrorCode(StrEnum):
     INTERNAL_ERROR = "internalError"
     SERVICE_UNAVAILABLE = "serviceUnavailable"
     GENERATION_PENDING = "generationPending"
-    # Operator-facing (the CLI), never an HTTP answer of the API.
+    FORBIDDEN = "forbidden"
+    # The CLI's, and the admin API's (POST /api/v1/admin/users with a known email).
     DUPLICATE_EMAIL = "duplicateEmail"
 
 
@@ -93,6 +94,13 @@ class RateLimited(ApiError):
 
     def headers(self) -> dict[str, str]:
         return {"Retry-After": str(self.retry_after_s)}
+
+
+class Forbidden(ApiError):
+    """Authenticated, but not allowed (the admin API for anyone but an admin)."""
+
+    status = 403
+    code = ErrorCode.FORBIDDEN
 
 
 class NotFound(ApiError):

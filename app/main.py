@@ -9,8 +9,10 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from app.admin import endpoints as admin
 from app.catalog import endpoints as catalog
 from app.config import Settings, get_settings
+from app.console import endpoints as console
 from app.credits import endpoints as credits
 from app.generations import endpoints as generations
 from app.generations.jobs import run_generation, sweep_forever
@@ -77,4 +79,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in (catalog.router, credits.router, generations.router, openai_compat.router,
                    files.router, health.router):
         app.include_router(router)
+    app.include_router(admin.router)
+    console.install(app)  # the web console at /: pages, static files, error pages
     return app
