@@ -5,15 +5,17 @@
   "use strict";
 
   function localTimes() {
-    var format = new Intl.DateTimeFormat(undefined, {
-      year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit"
-    });
+    var day = new Intl.DateTimeFormat(undefined, {year: "numeric", month: "short", day: "numeric"});
+    var time = new Intl.DateTimeFormat(undefined, {hour: "2-digit", minute: "2-digit"});
     document.querySelectorAll("time[datetime]").forEach(function (el) {
       var when = new Date(el.getAttribute("datetime"));
-      if (!isNaN(when)) {
-        el.title = el.textContent;
-        el.textContent = format.format(when);
-      }
+      if (isNaN(when)) { return; }
+      el.title = el.textContent;  // the UTC original
+      var date = document.createElement("span"), clock = document.createElement("span");
+      date.textContent = day.format(when);
+      clock.textContent = time.format(when);
+      el.textContent = "";
+      el.append(date, " ", clock);  // each part whole; a narrow cell breaks between them
     });
   }
 
