@@ -24,6 +24,7 @@ from app.ops.error_handlers import install_handlers, register_surface
 from app.ops.middleware import RequestMiddleware
 from app.runtime import close_runtime, open_runtime
 from app.storage import endpoints as files
+from app.webhooks import endpoints as webhooks
 
 log = logging.getLogger("gih")
 
@@ -77,7 +78,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
     app.add_middleware(RequestMiddleware)
     for router in (catalog.router, credits.router, generations.router, openai_compat.router,
-                   files.router, health.router):
+                   webhooks.router, files.router, health.router):
         app.include_router(router)
     app.include_router(admin.router)
     console.install(app)  # the web console at /: pages, static files, error pages

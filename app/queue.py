@@ -6,6 +6,9 @@ Redis channel (or an in-process event), so a waiting request wakes at once, with
 
 A streaming request also reads the partial images its job relays: kept in a Redis stream per
 generation (or in memory), so a reader that comes late, or reconnects, misses none.
+
+Other jobs (webhook deliveries) go through `enqueue_task`: by function name to `gih worker`, or
+as a task of this process when embedded; one job per job id while it waits.
 """
 
 import asyncio
@@ -31,6 +34,7 @@ JOB_FUNCTION = "run_generation"
 Partial = dict[str, Any]
 
 Runner = Callable[[str, int], Awaitable[None]]
+Call = Callable[[], Awaitable[None]]  # a job of another kind, run in-process
 
 
 def job_id(generation_id: str, attempt: int) -> str:
@@ -49,6 +53,13 @@ class JobQueue(Protocol):
         """Connect; `runner` runs a job, where this queue runs jobs itself."""
 
     async def enqueue(self, generation_id: str, attempt: int) -> None: ...
+
+    async def enqueue_task(self, function: str, *args: str | int, job_id: str,
+                           defer_s: float = 0, run: Call) -> None:
+        """Queue a job of another kind: `function(*args)` of `gih worker`, or `run()` where
+        this queue runs jobs itself; after `defer_s` seconds; ignored while a job with this
+        `job_id` waits or runs."""
+
     async def is_pending(self, generation_id: str, attempt: int) -> bool: ...
     async def notify(self, generation_id: str) -> None: ...
     def watch(self, generation_id: str) -> "Watch": ...
@@ -124,6 +135,9 @@ class InProcessQueue:
         self.waiters = Waiters()
         self._slots = asyncio.Semaphore(concurrency)
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._other_slots = asyncio.Semaphore(concurrency)  # generations never wait on these
+        self._other: dict[str, asyncio.Task[None]] = {}
+        self._deferred: set[str] = set()  # of _other: still waiting for their time
         self._partials: dict[str, tuple[float, list[Partial]]] = {}
 
     async def start(self, runner: Runner) -> None:
@@ -146,6 +160,29 @@ class InProcessQueue:
                 await self.runner(generation_id, attempt)
             except Exception:
                 log.exception("job %s failed", job_id(generation_id, attempt))
+
+    async def enqueue_task(self, function: str, *args: str | int, job_id: str,
+                           defer_s: float = 0, run: Call) -> None:
+        if self.runner is None:
+            raise QueueUnavailable("the in-process job runner has not started")
+        if job_id in self._other:
+            return
+        task = asyncio.create_task(self._run_task(job_id, run, defer_s), name=job_id)
+        self._other[job_id] = task
+        task.add_done_callback(lambda _t: self._other.pop(job_id, None))
+
+    async def _run_task(self, key: str, run: Call, defer_s: float) -> None:
+        if defer_s > 0:
+            self._deferred.add(key)
+            try:
+                await asyncio.sleep(defer_s)
+            finally:
+                self._deferred.discard(key)
+        async with self._other_slots:
+            try:
+                await run()
+            except Exception:
+                log.exception("job %s failed", key)
 
     async def is_pending(self, generation_id: str, attempt: int) -> bool:
         return job_id(generation_id, attempt) in self._tasks
@@ -179,7 +216,10 @@ class InProcessQueue:
 
     async def close(self) -> None:
         self.runner = None
-        tasks = list(self._tasks.values())
+        for key in list(self._deferred):  # not begun: nothing to finish (the sweep has them)
+            if key in self._other:
+                self._other[key].cancel()
+        tasks = list(self._tasks.values()) + list(self._other.values())
         if tasks and self.grace_s > 0:
             await asyncio.wait(tasks, timeout=self.grace_s)
         for task in tasks:  # cut off: the sweep picks these up at the next start
@@ -226,6 +266,17 @@ class ArqQueue:
             await self.redis.enqueue_job(JOB_FUNCTION, generation_id, attempt,
                                         _job_id=job_id(generation_id, attempt),
                                         _queue_name=self.queue_name)
+        except (RedisError, OSError) as exc:
+            raise QueueUnavailable(f"Redis: {exc}") from exc
+
+    async def enqueue_task(self, function: str, *args: str | int, job_id: str,
+                           defer_s: float = 0, run: Call) -> None:
+        from redis.exceptions import RedisError
+
+        try:
+            await self.redis.enqueue_job(function, *args, _job_id=job_id,
+                                        _queue_name=self.queue_name,
+                                        _defer_by=defer_s if defer_s > 0 else None)
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"Redis: {exc}") from exc
 

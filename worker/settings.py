@@ -1,4 +1,4 @@
-"""The arq worker (`gih worker`): runs generation jobs and the sweep."""
+"""The arq worker (`gih worker`): runs generation jobs, webhook deliveries and the sweep."""
 
 import asyncio
 import logging
@@ -6,12 +6,15 @@ import socket
 from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
+from arq.worker import func
 
 from app.config import get_settings
 from app.generations.jobs import run_generation as run_generation_job
 from app.generations.jobs import sweep_forever
 from app.queue import ArqQueue
 from app.runtime import close_runtime, open_runtime
+from app.webhooks.jobs import DELIVERY_FUNCTION, run_delivery
+from app.webhooks.policy import get_policy
 
 log = logging.getLogger("gih.worker")
 settings = get_settings()
@@ -20,6 +23,11 @@ settings = get_settings()
 async def run_generation(ctx: dict[str, Any], generation_id: str, attempt: int) -> None:
     """Named as app.queue.JOB_FUNCTION: the name the API enqueues."""
     await run_generation_job(ctx["runtime"], generation_id, attempt)
+
+
+async def deliver_webhook(ctx: dict[str, Any], event_id: str, attempt: int) -> None:
+    """Named as app.webhooks.jobs.DELIVERY_FUNCTION: one numbered attempt of an event."""
+    await run_delivery(ctx["runtime"], event_id, attempt)
 
 
 async def startup(ctx: dict[str, Any]) -> None:
@@ -44,7 +52,12 @@ async def shutdown(ctx: dict[str, Any]) -> None:
 
 
 class WorkerSettings:
-    functions: ClassVar = [run_generation]
+    # A delivery keeps no result, so its job id is free again once it ran (a later attempt
+    # has another id anyway); it never outlives the lease its attempt holds. (A bad
+    # GIH_WEBHOOK_* setting stops the worker here, at start.)
+    functions: ClassVar = [run_generation,
+                           func(deliver_webhook, name=DELIVERY_FUNCTION, keep_result=0,
+                                timeout=get_policy().lease_s, max_tries=3)]
     on_startup = startup
     on_shutdown = shutdown
     redis_settings = RedisSettings.from_dsn(settings.redis_url or "redis://127.0.0.1:6379/0")

@@ -5,7 +5,7 @@ import sys
 
 import typer
 
-from app.cli import credits, db, keys, serve, usage, users
+from app.cli import credits, db, keys, serve, usage, users, webhooks
 from app.cli.common import Failure, JsonOpt, state
 
 app = typer.Typer(help="GPT Image Hub management command.", no_args_is_help=True,
@@ -14,6 +14,7 @@ app.add_typer(users.app, name="users")
 app.add_typer(keys.app, name="keys")
 app.add_typer(credits.app, name="credits")
 app.add_typer(db.app, name="db")
+app.add_typer(webhooks.app, name="webhooks")
 app.command()(serve.serve)
 app.command()(serve.worker)
 app.command()(usage.usage)

@@ -41,7 +41,8 @@ from tests.waiting import wait_until
 
 PUBLIC_PATHS = {"/api/v1/models", "/api/v1/credits", "/api/v1/images/generations",
                 "/api/v1/generations/{generation_id}", "/v1/models", "/v1/models/{model_id}",
-                "/v1/images/generations", "/v1/images/edits"}
+                "/v1/images/generations", "/v1/images/edits", "/api/v1/webhooks/secret",
+                "/api/v1/webhooks/secret/rotate"}
 
 
 def cli_env(pg_url: str) -> dict[str, str]:
