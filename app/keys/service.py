@@ -1,4 +1,4 @@
-"""API keys: generate, hash, issue, list, revoke, authenticate.
+"""API keys: generate, hash, issue, list, update limits, revoke, authenticate.
 
 Only HMAC-SHA256(server secret, key) and a short display prefix are stored, so a database dump
 cannot be used to call the API.
@@ -10,19 +10,21 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import or_, select
+from sqlalchemy import update as update_rows
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.db import utcnow
-from app.errors import AuthError, ErrorCode, NotFound
+from app.errors import AuthError, ErrorCode, InvalidRequest, NotFound
 from app.ids import new_id, random_base62
-from app.models import ApiKey, User
+from app.models import ApiKey, LimitReset, User
 
 KEY_PREFIX = "gih_live_"
 KEY_BODY_LENGTH = 32
 KEY_PATTERN = re.compile(r"gih_live_[A-Za-z0-9]{32}")
 DISPLAY_PREFIX_LENGTH = len(KEY_PREFIX) + 4
 LAST_USED_RESOLUTION = timedelta(minutes=1)
+MAX_LIMIT = 1_000_000_000  # the largest limit a key takes (the columns are 32-bit)
 
 
 def generate_key() -> str:
@@ -40,22 +42,81 @@ class IssuedKey:
 
 
 @dataclass(frozen=True)
-class Principal:
-    """Who is calling: the key and the user it belongs to."""
+class KeyLimits:
+    """A key's own limits (None: the server's default, if any; see app/limits/)."""
 
-    key_id: str
+    rate_limit: int | None = None  # generation requests a minute
+    max_concurrency: int | None = None  # generations queued or running at once
+    credit_limit: int | None = None  # credits per limit_reset period
+    limit_reset: LimitReset | None = None  # None with a credit limit: never
+
+    @classmethod
+    def of(cls, key: ApiKey) -> "KeyLimits":
+        return cls(key.rate_limit, key.max_concurrency, key.credit_limit, key.limit_reset)
+
+
+NO_LIMITS = KeyLimits()
+
+
+@dataclass(frozen=True)
+class Principal:
+    """Who is calling: the key (with its limits) and the user it belongs to. No key (None):
+    the user themselves, in the web console; no key limits apply then."""
+
+    key_id: str | None
     user: User
+    limits: KeyLimits = NO_LIMITS
 
 
 async def issue(session: AsyncSession, user: User, *, secret: bytes, name: str | None = None,
-                expires_at: datetime | None = None) -> IssuedKey:
+                expires_at: datetime | None = None, rate_limit: int | None = None,
+                max_concurrency: int | None = None, credit_limit: int | None = None,
+                limit_reset: LimitReset | None = None) -> IssuedKey:
+    """A new key; a limit left out (or 0) is none of its own."""
     raw_key = generate_key()
     key = ApiKey(id=new_id("key", 16), user_id=user.id, name=name,
                  prefix=raw_key[:DISPLAY_PREFIX_LENGTH], key_hash=hash_key(raw_key, secret),
                  created_at=utcnow(), expires_at=expires_at)
+    set_limits(key, rate_limit=rate_limit, max_concurrency=max_concurrency,
+               credit_limit=credit_limit, limit_reset=limit_reset)
     session.add(key)
     await session.flush()
     return IssuedKey(key=key, raw_key=raw_key)
+
+
+async def update(session: AsyncSession, key_id: str, *, rate_limit: int | None = None,
+                 max_concurrency: int | None = None, credit_limit: int | None = None,
+                 limit_reset: LimitReset | None = None) -> ApiKey:
+    """Change a key's limits: a limit given replaces the key's (0 clears it), one left out
+    (None) stays. The next request of the key sees them."""
+    key = await session.get(ApiKey, key_id, with_for_update={"key_share": True}) \
+        if key_id.startswith("key_") else None
+    if key is None:
+        raise NotFound(f"no API key with id {key_id[:64]}")
+    set_limits(key, rate_limit=rate_limit, max_concurrency=max_concurrency,
+               credit_limit=credit_limit, limit_reset=limit_reset)
+    await session.flush()
+    return key
+
+
+def set_limits(key: ApiKey, *, rate_limit: int | None, max_concurrency: int | None,
+               credit_limit: int | None, limit_reset: LimitReset | None) -> None:
+    """Apply the limits given (None: unchanged, 0: cleared). A credit limit without a reset
+    period never resets; clearing the credit limit clears its period too."""
+    for name, value in (("rate_limit", rate_limit), ("max_concurrency", max_concurrency),
+                        ("credit_limit", credit_limit)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_LIMIT:
+            raise InvalidRequest(f"{name} must be a whole number from 0 (no limit) to "
+                                 f"{MAX_LIMIT}", param=name)
+        setattr(key, name, value or None)
+    if limit_reset is not None:
+        key.limit_reset = LimitReset(limit_reset)
+    if key.credit_limit is None and credit_limit == 0 and limit_reset is None:
+        key.limit_reset = None
+    elif key.credit_limit is not None and key.limit_reset is None:
+        key.limit_reset = LimitReset.NEVER
 
 
 async def list_for_user(session: AsyncSession, user: User) -> list[ApiKey]:
@@ -96,19 +157,21 @@ async def authenticate(session: AsyncSession, authorization: str | None, *,
     key, user = row.ApiKey, row.User
     if key.revoked_at is not None:
         raise AuthError(ErrorCode.INVALID_API_KEY, "API key has been revoked")
+    if user.disabled_at is not None:  # `gih users disable`, or the console's Users page
+        raise AuthError(ErrorCode.INVALID_API_KEY, "the account of this API key is disabled")
     now = utcnow()
     if key.expires_at is not None and key.expires_at <= now:
         raise AuthError(ErrorCode.EXPIRED_API_KEY, "API key has expired")
     if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
         await touch(session, key.id, now)
-    return Principal(key_id=key.id, user=user)
+    return Principal(key_id=key.id, user=user, limits=KeyLimits.of(key))
 
 
 async def touch(session: AsyncSession, key_id: str, now: datetime) -> None:
     """Record use at most once a minute per key, so a busy key is not a write per request."""
     stale = now - LAST_USED_RESOLUTION
     await session.execute(
-        update(ApiKey)
+        update_rows(ApiKey)
         .where(ApiKey.id == key_id, or_(ApiKey.last_used_at.is_(None), ApiKey.last_used_at < stale))
         .values(last_used_at=now)
         .execution_options(synchronize_session=False))
