@@ -6,6 +6,7 @@ envelope by default, or the shape of the API surface the path belongs to (the Op
 """
 
 import logging
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -92,12 +93,24 @@ def install_handlers(app: FastAPI) -> None:
             code = ErrorCode.INTERNAL_ERROR
         message = {404: "no such route", 405: "method not allowed"}.get(
             exc.status_code, str(exc.detail))
-        return answer(request.url.path, Failure(exc.status_code, code, message,
-                                                getattr(exc, "headers", None)))
+        headers = getattr(exc, "headers", None)
+        if exc.status_code == 405 and (methods := documented_methods(request)):
+            headers = {**(headers or {}), "Allow": ", ".join(methods)}
+        return answer(request.url.path, Failure(exc.status_code, code, message, headers))
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         return crash_response(request.method, request.url.path, exc)
+
+
+def documented_methods(request: Request) -> list[str] | None:
+    """The methods the OpenAPI document gives this path (a path may have a route per method,
+    and Starlette's 405 names only the first's); None for an undocumented path."""
+    for template, operations in request.app.openapi()["paths"].items():
+        if re.fullmatch(re.sub(r"\{[^}/]+\}", "[^/]+", template), request.url.path):
+            methods = {method.upper() for method in operations}
+            return sorted(methods | ({"HEAD"} if "GET" in methods else set()))
+    return None
 
 
 def crash_response(method: str, path: str, exc: BaseException) -> JSONResponse:

@@ -39,14 +39,16 @@ CODES = {
     400: {"invalid_request"},
     401: {"missingApiKey", "invalidApiKey", "expiredApiKey"},
     402: {"insufficientCredits"},
+    403: {"forbidden"},  # the admin API, for a key of anyone but an admin
     404: {"notFound"},
     405: {"methodNotAllowed"},
-    409: {"idempotencyConflict"},
+    409: {"idempotencyConflict", "duplicateEmail"},
     500: {"generationFailed", "internalError"},
     503: {"serviceUnavailable"},
     504: {"generationPending"},
 }
-SUCCESS_OBJECTS = {"list", "credit_balance", "image_generation", "model", "webhook_secret"}
+SUCCESS_OBJECTS = {"list", "credit_balance", "image_generation", "model", "user", "credit_grant",
+                   "api_key", "usage", "webhook_secret"}
 
 
 @pytest.fixture(scope="module")
