@@ -57,7 +57,7 @@ NOTICES = {
 
 def console_principal(user: User) -> Principal:
     """A console user acting without a key: no key, so no key limits; the ledger as ever."""
-    return Principal(key_id=None, user=user)  # type: ignore[arg-type]
+    return Principal(key_id=None, user=user)
 
 
 async def fresh_user(session: AsyncSession, viewer: Viewer) -> User:
