@@ -4,13 +4,14 @@ credit grant retried with the same Idempotency-Key grants once, also under 10 co
 retries."""
 
 import asyncio
+import re
 
 import pytest
 from sqlalchemy import func, select
 
 from app.models import CreditGrant, CreditLot, UserRole
 from tests.conftest import audit_problems, bearer, make_settings
-from tests.console_helpers import PASSWORD, Browser, make_person
+from tests.console_helpers import PASSWORD, Browser, csrf_of, make_person
 
 ROUTES = [("GET", "/api/v1/admin/users"), ("POST", "/api/v1/admin/users"),
           ("GET", "/api/v1/admin/users/usr_x"), ("POST", "/api/v1/admin/users/usr_x/credits"),
@@ -164,3 +165,23 @@ async def test_admin_routes_are_documented(any_db, route: str) -> None:
         assert "403" in operation["responses"] and operation["security"] == [{"bearerAuth": []}]
     assert "/api/v1/admin/users/{user_id}/credits" in schema["paths"]
     assert not [p for p in schema["paths"] if not p.startswith(("/api/v1", "/v1"))]
+
+
+async def test_the_console_grant_form_sent_twice_grants_once(any_db) -> None:
+    admin = await make_person(any_db.app, role=UserRole.ADMIN)
+    person = await make_person(any_db.app)
+    async with Browser(any_db.app) as browser:
+        await browser.sign_in(admin.email)
+        page = (await browser.get(f"/admin/users/{person.user_id}")).text
+        form = {"csrf_token": csrf_of(page), "credits": "70", "note": "console grant",
+                "grant_token": re.search(r'name="grant_token" value="([^"]+)"', page).group(1)}
+        first = await browser.http.post(f"/admin/users/{person.user_id}/credits", data=form)
+        again = await browser.http.post(f"/admin/users/{person.user_id}/credits", data=form)
+        assert first.headers["location"].endswith("notice=granted")
+        assert again.headers["location"].endswith("notice=already")
+        shown = (await browser.get(f"/admin/users/{person.user_id}")).text
+        assert 'data-testid="balance">70<' in shown and "console grant" in shown
+        bad = await browser.http.post(f"/admin/users/{person.user_id}/credits",
+                                      data={**form, "credits": "-3"})
+        assert bad.status_code == 400 and "whole number" in bad.text
+    assert await grants_of(any_db, person.user_id) == (1, 1)
