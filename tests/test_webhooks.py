@@ -521,6 +521,19 @@ async def test_non_public_targets_are_refused_at_submit(sqlite_url: str, tmp_pat
                                       headers=bearer(key))).json()["credits"] == 100
 
 
+@pytest.mark.parametrize(("address", "public"), [
+    ("93.184.216.34", True), ("8.8.8.8", True), ("2606:4700::1111", True),
+    ("::ffff:8.8.8.8", True), ("127.0.0.1", False), ("10.1.2.3", False), ("172.16.0.1", False),
+    ("192.168.0.1", False), ("169.254.169.254", False), ("100.64.0.1", False),
+    ("0.0.0.0", False), ("255.255.255.255", False), ("224.0.0.251", False),
+    ("240.0.0.1", False), ("198.18.0.1", False), ("::1", False), ("::", False),
+    ("fe80::1", False), ("fc00::1", False), ("ff02::1", False), ("::ffff:127.0.0.1", False),
+    ("::ffff:10.0.0.1", False), ("::ffff:0:7f00:1", False), ("64:ff9b::7f00:1", False),
+    ("2002:a00:1::", False), ("2001:db8::1", False)])
+def test_which_addresses_are_public(address: str, public: bool) -> None:
+    assert ssrf.is_public(ipaddress.ip_address(address)) is public
+
+
 async def test_an_unresolvable_host_is_refused(sqlite_url: str, tmp_path: Path) -> None:
     async with running_client(make_settings(sqlite_url,
                                             local_storage_dir=tmp_path / "images")) as client:

@@ -29,7 +29,7 @@ class TargetRefused(Exception):
 
 @dataclass(frozen=True)
 class Target:
-    """A parsed webhook URL: the host as httpx2 will send it, and its port."""
+    """A parsed webhook URL: the host as httpx2 will send it (IDNA-encoded), and its port."""
 
     url: httpx2.URL
     host: str
@@ -44,7 +44,8 @@ def parse(url: str) -> Target:
         raise TargetRefused(f"webhook_url is not a valid URL: {exc}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise TargetRefused("webhook_url must be an http or https URL")
-    return Target(parsed, parsed.host, parsed.port or (443 if parsed.scheme == "https" else 80))
+    return Target(parsed, parsed.raw_host.decode("ascii"),
+                  parsed.port or (443 if parsed.scheme == "https" else 80))
 
 
 def embedded_ipv4(address: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
