@@ -79,21 +79,39 @@ def _admin(sql: str) -> None:
     run_sync(run())
 
 
-@pytest.fixture(scope="session")
-def pg_url() -> Iterator[str]:
-    """A fresh PostgreSQL database for this test process, built by `alembic upgrade head`.
+@contextlib.contextmanager
+def fresh_database(label: str) -> Iterator[str]:
+    """A new PostgreSQL database built by `alembic upgrade head`, dropped afterwards.
 
     PostgreSQL being down is a failure, never a skip: CI starts it (see .ci/run).
     """
-    name = f"gih_test_{os.getpid()}_{secrets.token_hex(3)}"
+    name = f"gih_{label}_{os.getpid()}_{secrets.token_hex(3)}"
     try:
         _admin(f'CREATE DATABASE "{name}"')
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.fail(f"PostgreSQL is required for the test suite ({POSTGRES_ADMIN_URL}): {exc}")
     url = POSTGRES_ADMIN_URL.rsplit("/", 1)[0] + "/" + name
-    upgrade(url)
-    yield url
-    _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    try:
+        upgrade(url)
+        yield url
+    finally:
+        _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(scope="session")
+def pg_url() -> Iterator[str]:
+    """The database of the in-process tests (`pg`, `any_db`) and of the CLI's."""
+    with fresh_database("test") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def prod_db_url() -> Iterator[str]:
+    """The database of the production path (`prod_env`: the session's `gih worker` and what
+    talks to it). Apart from pg_url, so that the worker's sweep never picks up a generation
+    that an in-process test left queued, nor runs it against the OpenAI fake."""
+    with fresh_database("prod") as url:
+        yield url
 
 
 @pytest.fixture(scope="session")
@@ -269,10 +287,10 @@ def s3() -> Iterator["SeaweedS3"]:
 
 
 @pytest.fixture(scope="session")
-def prod_env(pg_url: str, redis_url: str, s3, openai_server) -> dict[str, str]:
+def prod_env(prod_db_url: str, redis_url: str, s3, openai_server) -> dict[str, str]:
     """The production configuration, as environment variables (for `gih worker`)."""
     return {
-        "GIH_DATABASE_URL": pg_url, "GIH_REDIS_URL": redis_url, "GIH_SECRET_KEY": TEST_SECRET,
+        "GIH_DATABASE_URL": prod_db_url, "GIH_REDIS_URL": redis_url, "GIH_SECRET_KEY": TEST_SECRET,
         "GIH_STORAGE": "s3", "GIH_S3_BUCKET": S3_BUCKET, "GIH_S3_ENDPOINT_URL": s3.endpoint_url,
         "AWS_ACCESS_KEY_ID": s3.access_key, "AWS_SECRET_ACCESS_KEY": s3.secret_key,
         "AWS_DEFAULT_REGION": "us-east-1", "GIH_PROVIDER": "openai",

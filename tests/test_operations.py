@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from tests.conftest import bearer, make_settings, running_client, settings_from_env
+from tests.conftest import (
+    bearer,
+    fresh_database,
+    make_settings,
+    running_client,
+    settings_from_env,
+)
 from tests.fakes.processes import RedisServer, free_port
 from tests.waiting import wait_until_async
 
@@ -80,9 +86,17 @@ def metric(text_body: str, name: str, **labels: str) -> float:
     return total
 
 
+@pytest.fixture
+def own_database() -> Iterator[str]:
+    """A database of the test's own: an app sweeps its database when it starts, and would run
+    (and count) what other tests left unfinished in a shared one."""
+    with fresh_database("metrics") as url:
+        yield url
+
+
 async def test_metrics_move_after_a_generation_a_refund_and_a_4xx(
-        pg_url, openai_fake, prod_sdk_env) -> None:
-    settings = make_settings(pg_url, provider="openai")  # in-process jobs: one registry
+        own_database, openai_fake, prod_sdk_env) -> None:
+    settings = make_settings(own_database, provider="openai")  # in-process jobs: one registry
     async with running_client(settings) as client:
         _, key = await client.user_with_key(100)
         before = (await client.http.get("/metrics")).text

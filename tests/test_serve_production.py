@@ -77,7 +77,7 @@ def test_sync_generation_over_http(api: Served, worker, key: str, openai_fake) -
 
 
 def test_client_that_disconnects_loses_nothing(api: Served, worker, key: str, openai_fake,
-                                               pg_url: str) -> None:
+                                               prod_db_url: str) -> None:
     openai_fake.configure(latency_ms=1500)
     payload = json.dumps({"model": "gpt-image-2", "prompt": "a teapot"}).encode()
     idempotency_key = f"walk-away-{key[-8:]}"
@@ -92,8 +92,8 @@ def test_client_that_disconnects_loses_nothing(api: Served, worker, key: str, op
         # The request is accepted and its job at the upstream; then the client goes away.
         wait_until(lambda: upstream_calls(openai_fake, "a teapot"), timeout=20,
                    what="the upstream call")
-    assert wait_until(lambda: psql(pg_url, status_query) == ["succeeded"], timeout=20,
-                      what=lambda: f"the generation succeeded: {psql(pg_url, status_query)}")
+    assert wait_until(lambda: psql(prod_db_url, status_query) == ["succeeded"], timeout=20,
+                      what=lambda: f"the generation succeeded: {psql(prod_db_url, status_query)}")
     status, body = post(api.base, key, {"model": "gpt-image-2", "prompt": "a teapot"},
                         {"Idempotency-Key": idempotency_key})
     assert status == 200, body

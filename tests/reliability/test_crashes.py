@@ -21,6 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx2
+import pytest
 
 from tests.conftest import S3_BUCKET, audit_problems, bearer, settings_from_env
 from tests.fakes.processes import start_serve, stop_process
@@ -30,6 +31,13 @@ SEED = int(os.environ.get("RELIABILITY_SEED", "20260430"))
 FINAL = ("succeeded", "failed")
 GRANT = 400
 IMAGE_NAME = re.compile(r"/(\d+)\.(png|jpg|webp)$")
+
+
+@pytest.fixture
+def pg_url(prod_db_url: str) -> str:
+    """In this module, the production path's database (where the session's `gih worker` and
+    the tests' own run)."""
+    return prod_db_url
 
 
 # --- helpers ------------------------------------------------------------------------------------

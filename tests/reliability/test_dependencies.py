@@ -15,6 +15,7 @@ import urllib.request
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
+import pytest
 from sqlalchemy import func, select
 
 from app.models import CreditLedgerEntry, Generation
@@ -38,6 +39,13 @@ CREDITS_PER_IMAGE = 8  # gpt-image-2 at 1K
 UNAVAILABLE_WITHIN_S = 10.0  # a request while a dependency is down answers 503 within this
 STORAGE_FAIL_WITHIN_S = 60.0  # bounded storage retries, then failed + refunded
 REQUEST_HANG_S = 30.0  # any single request longer than this is a hang
+
+
+@pytest.fixture
+def pg_url(prod_db_url: str) -> str:
+    """In this module, the production path's database (where the session's `gih worker` and
+    the tests' own run)."""
+    return prod_db_url
 
 
 def scenario_env(prod_env: dict[str, str], **changes: str) -> dict[str, str]:

@@ -50,6 +50,13 @@ TOTAL_WAIT_S = 75.0 * SOAK  # every request answered and every generation final 
 FINAL = ("succeeded", "failed")
 
 
+@pytest.fixture
+def pg_url(prod_db_url: str) -> str:
+    """In this module, the production path's database (where the session's `gih worker` and
+    the tests' own run)."""
+    return prod_db_url
+
+
 # --- the server -------------------------------------------------------------------------------
 
 
