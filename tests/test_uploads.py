@@ -35,6 +35,7 @@ from tests.helpers import (
     jpeg_bytes,
     webp_bytes,
 )
+from tests.payloads import noise_png
 
 BOUNDARY = "----gihBoundary7MA4YWxkTrZu0gW"
 CONTENT_TYPE = f"multipart/form-data; boundary={BOUNDARY}"
@@ -77,12 +78,6 @@ def pieces(parts: list[Part], final: bool = True) -> Iterator[bytes]:
 
 def body_bytes(parts: list[Part], final: bool = True) -> bytes:
     return b"".join(pieces(parts, final))
-
-
-def noise_png(size: int = 128) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((size, size), 60).convert("RGB").save(out, "PNG")
-    return out.getvalue()
 
 
 # --- refused uploads, as the client sees them -----------------------------------------------

@@ -11,21 +11,17 @@ memory in tests/test_embedded.py; these go further.
 """
 
 import contextlib
-import io
 import json
 import os
 import socket
 import sqlite3
-import struct
 import subprocess
 import time
-import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from PIL import Image
 
 from app.config import Settings
 from tests.conftest import Account, bearer, create_account_sync
@@ -37,10 +33,18 @@ from tests.helpers import (
     assert_nothing_charged,
     get,
     held_connections,
-    jpeg_bytes,
     peak_rss_mb,
     reset_peak,
-    webp_bytes,
+)
+from tests.payloads import (
+    BASE_PARTS,
+    MULTIPART,
+    form,
+    form_part,
+    jpeg_bomb,
+    noise_png,
+    png_bomb,
+    webp_bomb,
 )
 from tests.waiting import wait_until
 
@@ -206,43 +210,6 @@ def measure(caller: Caller, action) -> tuple[object, float, float]:
     return result, seconds, peak_rss_mb(pid) - before
 
 
-# --- images --------------------------------------------------------------------------------
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return (struct.pack(">I", len(data)) + kind + data
-            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
-
-
-def png_bomb(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid PNG header declaring width x height RGB, with a few hundred bytes of IDAT."""
-    return (b"\x89PNG\r\n\x1a\n"
-            + png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
-            + png_chunk(b"IDAT", zlib.compress(b"\0" * 65536, 9)) + png_chunk(b"IEND", b""))
-
-
-def jpeg_bomb() -> bytes:
-    """A small JPEG whose frame header (SOF0) claims 65500x65500."""
-    data = bytearray(jpeg_bytes())
-    sof = data.index(b"\xff\xc0")
-    data[sof + 5:sof + 9] = struct.pack(">HH", 65500, 65500)
-    return bytes(data)
-
-
-def webp_bomb() -> bytes:
-    """A WebP whose extended header (VP8X) claims a 16384x16384 canvas."""
-    small = webp_bytes()
-    vp8x = (b"VP8X" + struct.pack("<I", 10) + b"\0\0\0\0"
-            + (16383).to_bytes(3, "little") + (16383).to_bytes(3, "little"))
-    body = b"WEBP" + vp8x + small[12:]
-    return b"RIFF" + struct.pack("<I", len(body)) + body
-
-
-def noise_png(size: int = 128) -> bytes:
-    out = io.BytesIO()
-    Image.effect_noise((size, size), 60).convert("RGB").save(out, "PNG")
-    return out.getvalue()
-
-
 # --- bodies --------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("transfer", ["content-length", "chunked"])
@@ -291,26 +258,6 @@ async def test_invalid_utf8_inside_json_strings(pg, body: bytes) -> None:
 
 
 # --- multipart -----------------------------------------------------------------------------
-
-def form_part(name: str | None, value: bytes, filename: str | None = None,
-              content_type: str | None = None, disposition: bool = True) -> bytes:
-    headers = []
-    if disposition:
-        params = "form-data" + (f'; name="{name}"' if name is not None else "")
-        params += f'; filename="{filename}"' if filename is not None else ""
-        headers.append(f"Content-Disposition: {params}")
-    if content_type:
-        headers.append(f"Content-Type: {content_type}")
-    return (b"--hostile\r\n" + "\r\n".join(headers).encode() + b"\r\n\r\n" + value + b"\r\n")
-
-
-def form(*parts: bytes) -> bytes:
-    return b"".join(parts) + b"--hostile--\r\n"
-
-
-BASE_PARTS = (form_part("model", b"gpt-image-2"), form_part("prompt", b"hostile"))
-MULTIPART = "multipart/form-data; boundary=hostile"
-
 
 @pytest.mark.parametrize("what", ["small fields", "references", "100 KB files"])
 def test_a_thousand_multipart_parts(untouched: Caller, what: str, tmp_path: Path) -> None:
