@@ -23,7 +23,8 @@ SELECT 'gen_' || $2 || lpad(i::text, 12, '0'), $1, NULL,
        CASE WHEN i % 10 = 0 THEN 'failed' ELSE 'succeeded' END, 'gpt-image-2', 'gpt-image-2',
        'bench prompt ' || i, '1024x1024', '1:1', '1K', 'auto', 'png', 1, true, 0, 8,
        CASE WHEN i % 10 = 0 THEN 8 ELSE 0 END, 1, false,
-       now() - make_interval(secs => ($3 - i) * 0.001), now() - make_interval(secs => ($3 - i) * 0.001)
+       now() - make_interval(secs => ($3 - i) * 0.001),
+       now() - make_interval(secs => ($3 - i) * 0.001)
 FROM generate_series(1, $3) AS i
 """
 FILL_MOVEMENTS = """
