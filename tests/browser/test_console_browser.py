@@ -91,19 +91,27 @@ def _serve(env: dict[str, str], folder: Path, kind: str, **options: object) -> I
         stop_process(process)
 
 
-@pytest.fixture(scope="module", params=["embedded", "production"])
-def server(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    folder = tmp_path_factory.mktemp(f"console-{request.param}")
-    if request.param == "embedded":  # sign-up is open by default here
-        env = {"GIH_DATABASE_URL": f"sqlite:///{folder}/data/gih.db",
-               "GIH_LOCAL_STORAGE_DIR": str(folder / "images"), "GIH_SIGNUP_CREDITS": "100"}
-        yield from _serve(env, folder, "embedded", workers=None)
-    else:
-        prod_env = request.getfixturevalue("prod_env")
-        request.getfixturevalue("session_worker")
-        env = {**prod_env, "GIH_SIGNUP": "open", "GIH_SIGNUP_CREDITS": "100"}
-        yield from _serve(env, folder, "production", workers=2)
+@pytest.fixture(scope="module")
+def embedded_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """`gih serve` with only a folder of its own: sign-up is open by default here."""
+    folder = tmp_path_factory.mktemp("console-embedded")
+    env = {"GIH_DATABASE_URL": f"sqlite:///{folder}/data/gih.db",
+           "GIH_LOCAL_STORAGE_DIR": str(folder / "images"), "GIH_SIGNUP_CREDITS": "100"}
+    yield from _serve(env, folder, "embedded", workers=None)
+
+
+@pytest.fixture(scope="module")
+def production_server(prod_env: dict[str, str], session_worker: object,
+                      tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    folder = tmp_path_factory.mktemp("console-production")
+    env = {**prod_env, "GIH_SIGNUP": "open", "GIH_SIGNUP_CREDITS": "100"}
+    yield from _serve(env, folder, "production", workers=2)
+
+
+@pytest.fixture(params=["embedded", "production"])
+def server(request: pytest.FixtureRequest) -> Server:
+    """Both servers live for the whole module, whatever order the tests run in."""
+    return request.getfixturevalue(f"{request.param}_server")  # type: ignore[no-any-return]
 
 
 @pytest.fixture
