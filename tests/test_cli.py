@@ -1,5 +1,6 @@
 """The `gih` command as an operator runs it: a real process, real databases."""
 
+import concurrent.futures
 import json
 import secrets
 import subprocess
@@ -59,25 +60,33 @@ def test_global_json_flag_and_human_output(pg_env: dict[str, str]) -> None:
     assert "shown once" in key_out and "gih_live_" in key_out
 
 
+def run_each(*calls: tuple[list[str], dict[str, str]]) -> list[subprocess.CompletedProcess[str]]:
+    """Independent `gih` calls, (arguments, environment) each, a few at a time."""
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        return list(pool.map(lambda call: run(*call[0], env=call[1], check=False), calls))
+
+
 def test_clear_errors_for_operator_mistakes(pg_env: dict[str, str]) -> None:
     who = email()
     run("users", "create", who, env=pg_env)
-    dup = run("users", "create", who.upper(), env=pg_env, check=False)
+    no_user = (["keys", "create", "nobody@example.com"], ["credits", "show", "nobody@x.org"],
+               ["credits", "grant", "nobody@example.com", "5"], ["keys", "list", "no@x.org"])
+    dup, bad_date, past, bad_amount, bad_email, unknown_key, *unknown_users = run_each(*(
+        (args, pg_env) for args in (
+            ["users", "create", who.upper()],
+            ["credits", "grant", who, "5", "--expires-at", "next tuesday"],
+            ["credits", "grant", who, "5", "--expires-at", "2001-01-01"],
+            ["credits", "grant", who, "0"],
+            ["users", "create", "not-an-email"],
+            ["keys", "revoke", "key_doesnotexist"],
+            *no_user)))
     assert dup.returncode == 1 and "already exists" in dup.stderr
-    for args in (["keys", "create", "nobody@example.com"], ["credits", "show", "nobody@x.org"],
-                 ["credits", "grant", "nobody@example.com", "5"], ["keys", "list", "no@x.org"]):
-        result = run(*args, env=pg_env, check=False)
+    for args, result in zip(no_user, unknown_users, strict=True):
         assert result.returncode == 1 and "no user with email" in result.stderr, args
-    bad_date = run("credits", "grant", who, "5", "--expires-at", "next tuesday", env=pg_env,
-                   check=False)
     assert bad_date.returncode == 2 and "ISO 8601" in bad_date.stderr
-    past = run("credits", "grant", who, "5", "--expires-at", "2001-01-01", env=pg_env, check=False)
     assert past.returncode == 2 and "in the past" in past.stderr
-    bad_amount = run("credits", "grant", who, "0", env=pg_env, check=False)
     assert bad_amount.returncode == 2
-    bad_email = run("users", "create", "not-an-email", env=pg_env, check=False)
     assert bad_email.returncode == 2 and "not an email" in bad_email.stderr
-    unknown_key = run("keys", "revoke", "key_doesnotexist", env=pg_env, check=False)
     assert unknown_key.returncode == 1 and "no API key" in unknown_key.stderr
     for result in (dup, bad_date, unknown_key):
         assert "Traceback" not in result.stderr
@@ -100,23 +109,22 @@ def test_audit_passes_then_fails_on_tampering(pg_env: dict[str, str], pg_url: st
 
 
 def test_production_refuses_a_missing_or_placeholder_secret(pg_url: str) -> None:
+    calls = []
     for secret in (None, "changeme", "short"):
         env = app_env({"GIH_DATABASE_URL": pg_url, "GIH_PROVIDER": "mock"})
         if secret:
             env["GIH_SECRET_KEY"] = secret
-        result = run("serve", "--port", "1", env=env, check=False)
-        assert result.returncode == 2 and "GIH_SECRET_KEY" in result.stderr, result.stderr
-        keys = run("keys", "create", "x@example.com", env=env, check=False)
-        assert keys.returncode == 2 and "GIH_SECRET_KEY" in keys.stderr
+        calls += [(["serve", "--port", "1"], env), (["keys", "create", "x@example.com"], env)]
+    for (args, _), result in zip(calls, run_each(*calls), strict=True):
+        assert result.returncode == 2 and "GIH_SECRET_KEY" in result.stderr, (args, result.stderr)
 
 
 def test_settings_errors_are_named_at_once(pg_url: str) -> None:
     env = app_env({"GIH_DATABASE_URL": pg_url, "GIH_STORAGE": "s3", "GIH_PROVIDER": "openai"})
-    result = run("serve", env=env, check=False)
+    result, bad_port = run_each((["serve"], env), (["serve"], {**env, "GIH_PORT": "notaport"}))
     assert result.returncode == 2
     for name in ("GIH_SECRET_KEY", "GIH_S3_BUCKET", "OPENAI_API_KEY"):
         assert name in result.stderr
-    bad_port = run("serve", env={**env, "GIH_PORT": "notaport"}, check=False)
     assert bad_port.returncode == 2 and "GIH_PORT" in bad_port.stderr
 
 

@@ -17,6 +17,7 @@ import openai
 import pytest
 from PIL import Image
 
+from tests.conftest import create_account_sync, settings_from_env
 from tests.fakes.processes import GIH, app_env, start_serve
 from tests.waiting import wait_until
 
@@ -36,10 +37,9 @@ class Server:
         return json.loads(done.stdout)
 
     def account(self, credits: int) -> str:
-        """A new user with `credits` and a key of theirs."""
-        email = f"sdk{time.monotonic_ns()}@example.com"
-        self.gih("users", "create", email, "--credits", str(credits))
-        return str(self.gih("keys", "create", email)["key"])
+        """A new user with `credits` and a key of theirs, in the server's database (written as
+        `gih users create` and `gih keys create` write them, without two processes a test)."""
+        return create_account_sync(settings_from_env(self.env), credits).key
 
     def client(self, key: str, **options: object) -> openai.OpenAI:
         return openai.OpenAI(base_url=f"{self.base}/v1", api_key=key, **options)  # type: ignore[arg-type]
