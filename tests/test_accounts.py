@@ -4,13 +4,15 @@ disabling), CSRF on every state-changing form, sign-in throttling, and that nobo
 another user's generation, key or image through the console."""
 
 import asyncio
+from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from app.accounts import service as accounts
 from app.accounts import sessions
 from app.config import Settings
+from app.db import utcnow
 from app.models import ApiKey, Session, User
 from tests.conftest import audit_problems, bearer, make_settings, running_client
 from tests.console_helpers import PASSWORD, Browser, csrf_of, make_person
@@ -264,3 +266,22 @@ async def test_concurrent_sign_ins_each_get_a_session(pg) -> None:
 async def test_pages_need_a_session(any_db, path: str) -> None:
     answer = await any_db.http.get(path)
     assert answer.status_code == 303 and answer.headers["location"].startswith("/sign-in?next=")
+
+
+async def test_a_session_idle_for_30_days_is_refused(any_db) -> None:
+    person = await make_person(any_db.app)
+    async with Browser(any_db.app) as browser:
+        await browser.sign_in(person.email)
+        async with any_db.session() as session, session.begin():
+            await session.execute(update(Session).where(Session.user_id == person.user_id)
+                                  .values(last_seen_at=utcnow() - timedelta(days=29)))
+        assert (await browser.get("/keys")).status_code == 200  # used: its clock restarts
+        async with any_db.session() as session:
+            seen = await session.scalar(select(Session.last_seen_at)
+                                        .where(Session.user_id == person.user_id))
+        assert utcnow() - seen < timedelta(minutes=1)
+        async with any_db.session() as session, session.begin():
+            await session.execute(update(Session).where(Session.user_id == person.user_id)
+                                  .values(last_seen_at=utcnow() - timedelta(days=30, seconds=1)))
+        assert (await browser.get("/keys")).status_code == 303
+    assert await sessions_of(any_db, person.user_id) == 0  # and it is gone
