@@ -361,10 +361,6 @@ async def test_refunds_racing_new_charges_keep_the_spend_exact(prod: Client, ope
     assert failed and failed >= statuses[202] - 10
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "generations.accept calls limits.reserve before the Idempotency-Key insert's savepoint: a "
-    "request that loses the race returns the earlier generation yet commits its key_spend "
-    "increment (replays then get 402). Fixed by reserving inside that savepoint."))
 async def test_concurrent_replays_spend_the_allowance_once(pg: Client) -> None:
     """Twenty requests at once with one Idempotency-Key make one generation, charged once:
     the key's period spend must count it once too."""

@@ -62,8 +62,6 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         earlier = await find_retried(session, principal, fingerprint, retry_window)
         if earlier:
             return Accepted(earlier, created=False)
-    spend_period = await limits.reserve(session, principal, wanted.credits_requested,
-                                        settings=settings)
     now = utcnow()
     generation = Generation(
         id=generation_id, user_id=user_id, api_key_id=principal.key_id,
@@ -73,14 +71,18 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
         output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
         reference_count=len(references), credits_requested=wanted.credits_requested,
-        options=wanted.options or None, spend_period=spend_period,
+        options=wanted.options or None,
         webhook_url=wanted.webhook_url,
         webhook_events=list(wanted.webhook_events) if wanted.webhook_events else None,
         idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
         created_at=now, heartbeat_at=now)
     if idempotency_key:
         try:
-            async with session.begin_nested():  # the key's uniqueness is checked here
+            # The key's uniqueness is checked here; a request that loses the race to a
+            # concurrent one with the same key undoes its reservation of the key's limits too.
+            async with session.begin_nested():
+                generation.spend_period = await limits.reserve(
+                    session, principal, wanted.credits_requested, settings=settings)
                 session.add(generation)
                 await session.flush()
         except IntegrityError:  # lost the race to a concurrent request with the same key
@@ -90,6 +92,8 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
             raise IdempotencyConflict(
                 "a request with this Idempotency-Key is in progress") from None
     else:
+        generation.spend_period = await limits.reserve(
+            session, principal, wanted.credits_requested, settings=settings)
         session.add(generation)
         await session.flush()
     session.add_all(references)
