@@ -27,7 +27,7 @@ from app.schemas import iso
 
 HERE = Path(__file__).parent
 STATIC_DIR = HERE / "static"
-ASSET_VERSION = "3"
+ASSET_VERSION = "4"
 
 CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data: blob:; "
        "font-src 'self'; connect-src 'self'; form-action 'self'; frame-ancestors 'none'; "
