@@ -50,7 +50,10 @@ async def test_operator_catalog_file_replaces_the_shipped_one(pg_url, tmp_path) 
 
 async def test_unknown_route_is_not_found(any_db) -> None:
     assert_envelope(await any_db.http.get("/api/v1/nope"), 404, "notFound")
-    assert_envelope(await any_db.http.get("/"), 404, "notFound")
+    assert_envelope(await any_db.http.get("/nope"), 404, "notFound")
+    # / is the web console (section 13): to Sign in, for someone signed out.
+    console = await any_db.http.get("/")
+    assert console.status_code == 303 and console.headers["location"] == "/sign-in"
     assert_envelope(await any_db.http.get("/api/v1/generations/gen_x/extra"), 404, "notFound")
 
 
@@ -93,7 +96,7 @@ async def test_database_down_is_service_unavailable(tmp_path) -> None:
 async def test_openapi_lists_only_public_paths(any_db) -> None:
     schema = (await any_db.http.get("/openapi.json")).json()
     assert set(schema["paths"]) >= {"/api/v1/models", "/api/v1/credits"}
-    assert all(p.startswith("/api/v1/") for p in schema["paths"])
+    assert all(p.startswith(("/api/v1/", "/v1/")) for p in schema["paths"])
 
 
 def test_a_full_database_is_unavailable_not_a_crash() -> None:

@@ -4,6 +4,7 @@ keys, disable) and Usage. The same services as the admin API; grants through the
 import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Annotated
+from urllib.parse import urlencode
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import Response
@@ -56,8 +57,8 @@ async def users_page(request: Request, rt: RuntimeDep, viewer: AdminViewerDep,
         except NotFound:
             raise PageError(404, "No such page", "That page of users does not exist.") from None
         rows = [(user, await credits.balance(session, user)) for user in found]
-    more = f"/admin/users?starting_after={found[-1].id}" + (f"&q={q}" if q else "") \
-        if has_more and found else None
+    more = ("/admin/users?" + urlencode({"starting_after": found[-1].id, **({"q": q} if q else {})})
+            if has_more and found else None)
     return render(request, "admin_users.html", viewer=viewer, rows=rows, q=q or "", more=more)
 
 

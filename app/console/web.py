@@ -20,7 +20,7 @@ from starlette.datastructures import FormData
 from app.accounts import sessions
 from app.accounts.sessions import SignedIn
 from app.deps import RuntimeDep
-from app.models import UserRole
+from app.models import User, UserRole
 from app.ops.middleware import note
 from app.runtime import Runtime
 from app.schemas import iso
@@ -76,7 +76,7 @@ class Viewer:
     csrf: str
 
     @property
-    def user(self) -> Any:
+    def user(self) -> User:
         return self.signed.user
 
     @property
