@@ -24,12 +24,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import playwright.sync_api as playwright_sync  # a dev dependency: missing, the module fails
 import pytest
 
 from tests.conftest import REPO
 from tests.fakes.processes import GIH, app_env, start_serve, stop_process
-
-playwright_sync = pytest.importorskip("playwright.sync_api")  # a dev dependency
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
