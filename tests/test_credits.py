@@ -193,6 +193,8 @@ async def test_concurrent_generation_and_charge_of_one_user_do_not_deadlock(pg) 
     """Inserting a generation takes a KEY SHARE lock on its user; the charge's lock on the user
     must not conflict with another request's (FOR UPDATE here deadlocked concurrent submits)."""
     user = await pg.user(80)
+    # Ten at a time (the pool has 15 connections) hold their KEY SHARE lock before any charges.
+    all_locked = asyncio.Barrier(10)
 
     async def submit() -> str:
         gen_id = "gen_" + secrets.token_hex(8)
@@ -204,12 +206,13 @@ async def test_concurrent_generation_and_charge_of_one_user_do_not_deadlock(pg) 
                     quality="1K", render_quality="auto", output_format="png", n=1,
                     credits_requested=8))
                 await session.flush()
-                await asyncio.sleep(0.01)  # both transactions now hold their KEY SHARE lock
+                await all_locked.wait()
                 await credits.charge(session, user.id, 8, generation_id=gen_id)
             return "charged"
         except InsufficientCredits:
             return "402"
 
-    results = await asyncio.gather(*(submit() for _ in range(20)))
+    async with asyncio.timeout(60):
+        results = await asyncio.gather(*(submit() for _ in range(20)))
     assert sorted(set(results)) == ["402", "charged"] and results.count("charged") == 10
     assert await audit(pg) == []
