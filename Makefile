@@ -2,6 +2,11 @@
 # (bench/, issue 6), e.g. make bench ARGS='--peer litellm' or ARGS='--quick --scenarios A,C'.
 VENV ?= .venv
 PYTHON ?= python3
+# `make test` runs the whole suite twice, in random order (pytest-randomly), with two seeds: 1 and
+# one from the date; each run on two processes (pytest-xdist). Replay one order with
+# `make test SEEDS=N`; PYTEST_ARGS='-n 0' runs in one process.
+SEEDS ?= 1 $(shell date -u +%Y%m%d)
+PYTEST_ARGS ?= -n 2 --dist loadscope
 
 .PHONY: run test lint services bench
 
@@ -18,7 +23,11 @@ services:
 	scripts/services.sh
 
 test: $(VENV)/.installed services
-	$(VENV)/bin/python -m pytest
+	@status=0; for seed in $(SEEDS); do \
+		echo "== the suite in random order, seed $$seed (replay: make test SEEDS=$$seed)"; \
+		$(VENV)/bin/python -m pytest -p randomly --randomly-seed=$$seed $(PYTEST_ARGS) \
+			|| status=1; \
+	done; exit $$status
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .

@@ -5,8 +5,9 @@ Every test starts from a known state: it makes its own users and keys (`Client.u
 `create_account`), the OpenAI fake is reset before each test that uses it, the session's
 `gih worker` is running when a test starts (whatever the test before did to it), and a test on
 the production path leaves no job of its own running behind it. Session resources are per
-process, so that `pytest -n N` (pytest-xdist) runs each worker against its own database, queue,
-S3 server, fake and `gih worker`.
+process, so that `pytest -n N` (pytest-xdist) runs each worker against its own databases, queue,
+S3 server, fake and `gih worker`; `--dist loadscope` (as `make test` runs it) keeps a module's
+tests on one worker, so that its module-scoped servers start once.
 """
 
 import asyncio
@@ -47,18 +48,6 @@ TEST_SECRET = "test-secret-" + "x" * 40
 REPO = Path(__file__).resolve().parent.parent
 FINAL = ("succeeded", "failed")
 T = TypeVar("T")
-
-
-# pytest-xdist (`-n 2 --dist loadgroup`, as `make test` runs it): a module's tests stay on one
-# worker, so its module-scoped servers start once; the modules that load both cores (hundreds
-# of concurrent requests, crash rounds, outages) share one worker, so they never run at once.
-HEAVY = {"test_crashes", "test_dependencies", "test_money_under_load"}
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("heavy" if module in HEAVY else module))
 
 
 def run_sync(coro: Coroutine[Any, Any, T]) -> T:
