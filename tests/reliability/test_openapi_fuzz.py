@@ -42,7 +42,7 @@ CODES = {
     403: {"forbidden"},  # the admin API, for a key of anyone but an admin
     404: {"notFound"},
     405: {"methodNotAllowed"},
-    409: {"idempotencyConflict", "duplicateEmail"},
+    409: {"idempotencyConflict", "duplicateEmail", "notCancelable"},
     500: {"generationFailed", "internalError"},
     503: {"serviceUnavailable"},
     504: {"generationPending"},

@@ -41,8 +41,9 @@ from tests.waiting import wait_until
 
 PUBLIC_PATHS = {"/api/v1/models", "/api/v1/credits", "/api/v1/images/generations",
                 "/api/v1/generations/{generation_id}", "/v1/models", "/v1/models/{model_id}",
-                "/v1/images/generations", "/v1/images/edits", "/api/v1/webhooks/secret",
-                "/api/v1/webhooks/secret/rotate"}
+                "/v1/images/generations", "/v1/images/edits", "/api/v1/generations",
+                "/api/v1/generations/{generation_id}/cancel", "/api/v1/credits/ledger",
+                "/api/v1/webhooks/secret", "/api/v1/webhooks/secret/rotate"}
 
 # Section 13's admin API (for a key of an admin user; documented like the rest).
 ADMIN_PATHS = {"/api/v1/admin/users", "/api/v1/admin/users/{user_id}",
