@@ -1,6 +1,7 @@
 """Webhooks on the production path: PostgreSQL, Redis and real `gih worker` processes (on a
-queue of this module's own, allowed to call the receiver on 127.0.0.1), SeaweedFS S3 (image URLs
-presigned), the OpenAI fake upstream. The receiver and the checks are tests/test_webhooks.py's.
+queue and a database of this module's own, allowed to call the receiver on 127.0.0.1), SeaweedFS
+S3 (image URLs presigned), the OpenAI fake upstream. The receiver and the checks are
+tests/test_webhooks.py's.
 """
 
 import asyncio
@@ -12,6 +13,7 @@ import pytest
 from tests.conftest import (
     Client,
     bearer,
+    fresh_database,
     own_queue_env,
     poll,
     running_client,
@@ -40,14 +42,24 @@ def receiver() -> Iterator[Receiver]:
     server.down()
 
 
-def hooks_env(prod_env: dict[str, str]) -> dict[str, str]:
-    return own_queue_env(prod_env, GIH_WEBHOOK_ALLOW_PRIVATE="true",
-                         GIH_WEBHOOK_RETRY_DELAYS_S="0.5", GIH_WEBHOOK_TIMEOUT_S=TIMEOUT_S)
+@pytest.fixture(scope="module")
+def hooks_db_url() -> Iterator[str]:
+    """Not the session's production database: the other modules' workers (which may not call
+    127.0.0.1, and retry on the default backoff) would sweep this module's due events onto
+    their own queues."""
+    with fresh_database("hooks") as url:
+        yield url
+
+
+def hooks_env(prod_env: dict[str, str], database_url: str) -> dict[str, str]:
+    return own_queue_env(prod_env, GIH_DATABASE_URL=database_url,
+                         GIH_WEBHOOK_ALLOW_PRIVATE="true", GIH_WEBHOOK_RETRY_DELAYS_S="0.5",
+                         GIH_WEBHOOK_TIMEOUT_S=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
-def module_env(prod_env: dict[str, str]) -> dict[str, str]:
-    return hooks_env(prod_env)
+def module_env(prod_env: dict[str, str], hooks_db_url: str) -> dict[str, str]:
+    return hooks_env(prod_env, hooks_db_url)
 
 
 @pytest.fixture(scope="module")
@@ -70,9 +82,9 @@ async def prod(module_env: dict[str, str], module_worker: WorkerProcess,
 
 
 @pytest.fixture(scope="module", autouse=True)
-def audit_after_module(pg_url: str) -> Iterator[None]:
+def audit_after_module(hooks_db_url: str) -> Iterator[None]:
     yield
-    audit_and_no_pending_event(pg_url)
+    audit_and_no_pending_event(hooks_db_url)
 
 
 async def test_succeeded_and_failed_generations_are_delivered_by_the_worker(
@@ -94,11 +106,11 @@ async def test_succeeded_and_failed_generations_are_delivered_by_the_worker(
 
 
 async def test_canceled_generation_is_delivered_by_the_worker(
-        prod_env: dict[str, str], prod_sdk_env: None, receiver: Receiver,
+        prod_env: dict[str, str], hooks_db_url: str, prod_sdk_env: None, receiver: Receiver,
         tmp_path: Path) -> None:
     """No worker yet on this queue: the generation stays queued, is canceled by the API
     (which queues the delivery), and a worker started afterwards delivers it."""
-    env = hooks_env(prod_env)
+    env = hooks_env(prod_env, hooks_db_url)
     async with running_client(settings_from_env(env)) as client:
         _, key = await client.user_with_key(100)
         queued = await submit(client, key, webhook_url=receiver.url(), **{"async": True})
@@ -155,12 +167,13 @@ async def test_410_and_timeouts(prod: Client, receiver: Receiver) -> None:
 
 
 async def test_worker_killed_mid_delivery_delivers_after_restart(
-        prod_env: dict[str, str], prod_sdk_env: None, receiver: Receiver,
+        prod_env: dict[str, str], hooks_db_url: str, prod_sdk_env: None, receiver: Receiver,
         tmp_path: Path) -> None:
     """SIGKILL while the generation is final and its event is being sent: the attempt holds
     the event for its lease (the timeout + 15 s); once that has passed, the restarted worker's
     sweep sends it again, with the same webhook-id."""
-    env = {**hooks_env(prod_env), "GIH_WEBHOOK_TIMEOUT_S": "5"}  # time enough to kill it
+    # time enough to kill it
+    env = {**hooks_env(prod_env, hooks_db_url), "GIH_WEBHOOK_TIMEOUT_S": "5"}
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         async with running_client(settings_from_env(env)) as client:
