@@ -3,9 +3,12 @@
 import asyncio
 import logging
 import os
+import weakref
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
+
+import httpx2
 
 from app.config import Settings
 from app.storage.base import StorageError
@@ -13,8 +16,18 @@ from app.storage.base import StorageError
 log = logging.getLogger("gih.storage")
 
 
+PUT_URL_TTL_S = 300
+PUT_TIMEOUT = httpx2.Timeout(60.0, connect=5.0)
+
+
 class S3Storage:
-    """An S3 bucket through boto3 (run in threads); URLs public/CDN or presigned per read."""
+    """An S3 bucket through boto3 (run in threads); URLs public/CDN or presigned per read.
+
+    The hot write, a generated image (`put_bytes`), skips boto3: a PUT to a URL presigned
+    locally (SigV4 with UNSIGNED-PAYLOAD, so the payload is not hashed, nor checksummed) sent
+    on the event loop by an HTTP client kept per loop, with no thread hop. The caller retries
+    it (`generations.images.with_retries`).
+    """
 
     def __init__(self, settings: Settings) -> None:
         import boto3
@@ -37,6 +50,8 @@ class S3Storage:
                                      region_name=region)
         # Presigned URLs carry their host in the signature: sign them for the address clients
         # use when it differs from ours (e.g. http://minio:9000 inside a compose network).
+        self._http: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient] = (
+            weakref.WeakKeyDictionary())
         self.signer = self.client
         if settings.s3_presign_endpoint_url:
             self.signer = session.client("s3", endpoint_url=settings.s3_presign_endpoint_url,
@@ -63,8 +78,27 @@ class S3Storage:
             raise StorageError(f"S3 upload failed: {exc}") from exc
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        await self._call("put_object", Bucket=self.bucket, Key=key, Body=data,
-                         ContentType=content_type)
+        url = self.client.generate_presigned_url(
+            "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
+            ExpiresIn=PUT_URL_TTL_S)
+        try:
+            answer = await self.http().put(url, content=data,
+                                           headers={"Content-Type": content_type})
+        except httpx2.HTTPError as exc:
+            raise StorageError(f"S3 put_object failed: {type(exc).__name__}: {exc}") from exc
+        if answer.status_code != 200:
+            raise StorageError(f"S3 put_object failed: HTTP {answer.status_code} "
+                               f"{answer.text[:300]}")
+
+    def http(self) -> httpx2.AsyncClient:
+        """The event loop's client (a connection pool belongs to one loop)."""
+        loop = asyncio.get_running_loop()
+        client = self._http.get(loop)
+        if client is None:
+            client = httpx2.AsyncClient(timeout=PUT_TIMEOUT, follow_redirects=False,
+                                        limits=httpx2.Limits(max_connections=50))
+            self._http[loop] = client
+        return client
 
     async def get_file(self, key: str, path: Path) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
