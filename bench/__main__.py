@@ -8,6 +8,7 @@ Ctrl-C or an error.
 
 import argparse
 import asyncio
+import dataclasses
 import os
 import signal
 import sys
@@ -16,7 +17,7 @@ import traceback
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-ALL = "ABCDEFG"
+ALL = "ABCDEFGKL"
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -24,7 +25,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shrink every scenario (smoke run)")
     parser.add_argument("--scenarios", default=",".join(ALL),
-                        help="comma-separated subset of A,B,C,D,E,F,G (default: all)")
+                        help="comma-separated subset of A,B,C,D,E,F,G,K,L (default: all)")
+    parser.add_argument("--waiters", type=int, metavar="N",
+                        help="L: concurrent sync requests (default 5000; 200 with --quick)")
+    parser.add_argument("--waiter-upstream-s", type=float, metavar="S",
+                        help="L: the upstream's latency (default 60; 10 with --quick)")
     parser.add_argument("--peer", choices=["litellm"], help="also measure this peer gateway")
     parser.add_argument("--litellm-spec", default="litellm[proxy]",
                         help="pip requirement for the peer (default: %(default)s)")
@@ -85,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench.stack import Stack
 
     plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
+    if args.waiters:
+        plan = dataclasses.replace(plan, l_waiters=args.waiters)
+    if args.waiter_upstream_s:
+        plan = dataclasses.replace(plan, l_upstream_s=args.waiter_upstream_s)
     report = Report()
     report.details["args"] = {"quick": args.quick, "scenarios": sorted(args.selected),
                               "peer": args.peer, "env": args.extra_env}

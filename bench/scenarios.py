@@ -1,4 +1,4 @@
-"""The scenarios (A-G), run against our stack and, where it makes sense, against the peer.
+"""The scenarios (A-G, K, L), run against our stack and, where it makes sense, against the peer.
 
 Each scenario measures and stores its figures in `Bench.results`; bench.targets turns them into
 the table's rows.
@@ -7,16 +7,20 @@ the table's rows.
 import asyncio
 import json
 import os
+import secrets
+import subprocess
+import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from bench import load, procs, seed
+from bench import load, procs, seed, waiters
 from bench.load import LoadResult, Request
 from bench.peer import MASTER_KEY, LiteLLM
-from bench.stack import CREDITS_PER_USER, Account, Stack
+from bench.stack import CREDITS_PER_USER, Account, Stack, stop_group
+from tests.fakes.processes import free_port, wait_until_answering
 
 PROMPT = "A cinematic product photo of a transparent perfume bottle on black marble"
 BODY = {"model": "gpt-image-2", "prompt": PROMPT, "size": "1024x1024", "quality": "high", "n": 1}
@@ -46,11 +50,17 @@ class Plan:
     g_burst: int = 200
     g_covered: int = 100
     g_rounds: int = 5
+    k_s: float = 6.0
+    l_waiters: int = 5_000
+    l_upstream_s: float = 60.0
+    l_ramp_s: float = 30.0  # the waiters are sent over this long (slower if the API lags)
+    l_ramp_max_s: float = 120.0  # and no longer than this
 
     @classmethod
     def quick(cls) -> "Plan":
         return cls(users=10, warmup_s=0.5, a_s=2, b_s=2, c_s=2, d_s=1.5, e_s=1.0,
-                   e_big=20_000, e_seed_users=50, f_uploads=4, g_rounds=1)
+                   e_big=20_000, e_seed_users=50, f_uploads=4, g_rounds=1, k_s=1.5,
+                   l_waiters=200, l_upstream_s=10, l_ramp_s=3, l_ramp_max_s=30)
 
 
 @dataclass
@@ -390,6 +400,79 @@ async def scenario_g(b: Bench) -> None:
     print(f"    G: {b.results['G']}")
 
 
+# --- K: the bare-app ceiling ------------------------------------------------------------------
+
+async def scenario_k(b: Bench) -> None:
+    """bench/ceiling.py (raw ASGI + asyncpg + redis, one uvicorn process) at c=50: the balance
+    read, the submit, and the submit as one SQL statement, with the bench's users and keys."""
+    stack, secret = b.stack, secrets.token_hex(16)
+    port = free_port()
+    log = stack.dir / "ceiling.log"
+    env = {**os.environ, "CEILING_DATABASE_URL": stack.db_url,
+           "CEILING_REDIS_URL": stack.env["GIH_REDIS_URL"], "CEILING_SECRET": secret}
+    with open(log, "ab") as out:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "uvicorn", "bench.ceiling:app", "--host", "127.0.0.1",
+             "--port", str(port), "--no-access-log", "--http", "httptools", "--loop", "uvloop",
+             "--log-level", "warning", "--backlog", "2048"],
+            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    stack.on_close(lambda: stop_group(process))
+    try:
+        await asyncio.to_thread(wait_until_answering, process,
+                                f"http://127.0.0.1:{port}/healthz", log)
+        from bench.ceiling import key_hash
+        ids = [f"cu_{i}" for i in range(len(b.accounts))]
+        await stack.sql("INSERT INTO ceiling_users (id, credits) SELECT unnest($1::text[]), $2",
+                        ids, CREDITS_PER_USER)
+        await stack.sql("INSERT INTO ceiling_keys (hash, user_id) "
+                        "SELECT unnest($1::text[]), unnest($2::text[])",
+                        [key_hash(a.key.encode(), secret.encode()) for a in b.accounts], ids)
+        target, tree = Target("127.0.0.1", port), procs.Tree("ceiling", process.pid)
+        loads = {"balance": ([get(target, "/balance", a.key) for a in b.accounts], {200}),
+                 "submit": ([post_json(target, "/submit", a.key, BODY) for a in b.accounts],
+                            {202}),
+                 "submit_one": ([post_json(target, "/submit-one", a.key, BODY)
+                                 for a in b.accounts], {202})}
+        for name, (requests, expected) in loads.items():
+            b.keep(f"K_{name}", await measured(b, f"K_{name}", [tree], target, cycle(requests),
+                                               expected, concurrency=50, duration_s=b.plan.k_s))
+        b.results["K_memory"] = memory_by_process([tree])
+    finally:
+        await asyncio.to_thread(stop_group, process)
+
+
+# --- L: thousands of sync requests waiting in one API process --------------------------------
+
+async def scenario_l(b: Bench) -> None:
+    """bench/waiters.py: `l_waiters` sync POSTs held by one `gih serve` process while the
+    upstream takes `l_upstream_s`; answer lag, memory per waiter, SQL per waiter."""
+    plan = b.plan
+    n = plan.l_waiters
+    limits = waiters.raise_fd_limit(2 * n + 2000)
+    accounts = await b.stack.accounts(min(50, n), prefix="waiter")
+    run = waiters.Waiters(b.stack, accounts, n, plan.l_upstream_s, plan.l_ramp_s,
+                          plan.l_ramp_max_s, BODY, GEN_PATH)
+    try:
+        target = Target.of(await run.start())
+        requests = [post_json(target, GEN_PATH, a.key, BODY) for a in accounts]
+        b.upstream_switches()
+        await load.run("L warm-up", target.host, target.port, cycle(requests), expected={200},
+                       concurrency=4, total=max(20, len(accounts)), quiet=True)
+        await asyncio.sleep(1)
+        b.upstream_switches(latency_ms=int(plan.l_upstream_s * 1000))
+        print(f"    {n} sync requests over ~{plan.l_ramp_s:.0f} s (at most "
+              f"{waiters.WINDOW} not yet charged), upstream {plan.l_upstream_s:.0f} s; open "
+              f"files limit {limits[0]}", flush=True)
+        result = await run.run((target.host, target.port), requests)
+    finally:
+        await run.stop()
+        b.upstream_switches()
+    result["open_files_limit"] = limits[0]
+    b.results["L"] = result
+    shown = {k: v for k, v in result.items() if k != "samples"}
+    print(f"    L: {shown}")
+
+
 # --- the peer ---------------------------------------------------------------------------------
 
 async def peer_scenarios(b: Bench, peer: LiteLLM, selected: set[str]) -> None:
@@ -425,4 +508,5 @@ async def peer_scenarios(b: Bench, peer: LiteLLM, selected: set[str]) -> None:
 
 
 SCENARIOS = {"A": scenario_a, "B": scenario_b, "C": scenario_c, "D": scenario_d,
-             "F": scenario_f, "G": scenario_g, "E": scenario_e}
+             "F": scenario_f, "G": scenario_g, "E": scenario_e, "K": scenario_k,
+             "L": scenario_l}

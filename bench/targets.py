@@ -128,3 +128,79 @@ def build(r: dict[str, Any], report: Report, c_levels: tuple[int, ...]) -> None:
                    check=lambda row: row.ratio >= 0.5)
         report.add("G", "p50 ms", g["p50_ms"])
         report.add("G", "p99 ms", g["p99_ms"])
+
+    build_ceiling(r, report)
+    build_waiters(r, report)
+
+
+CEILING_SHARE = 0.4  # GET /api/v1/credits >= 40 % of the ceiling's balance read
+LAG_S = 1.0
+KB_PER_WAITER = 20
+FALLBACK_SLACK = 1.1  # the API's reads per waiter-second may reach 1/RECHECK_S, +10 % timing
+
+
+def recheck_s() -> float:
+    try:
+        from app.generations.service import RECHECK_S
+    except ImportError:
+        return 15.0
+    return float(RECHECK_S)
+
+
+def build_ceiling(r: dict[str, Any], report: Report) -> None:
+    for key, label in (("K_balance", "ceiling GET balance req/s, c=50"),
+                       ("K_submit", "ceiling submit req/s, c=50"),
+                       ("K_submit_one", "ceiling submit as one SQL statement req/s, c=50")):
+        if key in r:
+            report.add("K", label, _get(r, key, "rate_per_s"))
+            report.add("K", f"{label.split(' req/s')[0]} CPU ms per request (ceiling process)",
+                       _get(r, f"{key}_cpu", "cpu_ms_per_request"))
+    ours, ceiling = _get(r, "D_credits", "rate_per_s"), _get(r, "K_balance", "rate_per_s")
+    if ours is not None and ceiling is not None:
+        report.add("K", "GET /api/v1/credits req/s (D; ratio: / ceiling balance read)", ours,
+                   ratio_=ratio(ours, ceiling), target=f">= {CEILING_SHARE:.0%} ceiling",
+                   check=lambda row: row.ratio >= CEILING_SHARE)
+    submit = _get(r, "A", "rate_per_s")
+    if submit is not None and "K_submit" in r:
+        report.add("K", "async submit req/s (A; ratio: / ceiling submit)", submit,
+                   ratio_=ratio(submit, _get(r, "K_submit", "rate_per_s")))
+
+
+def build_waiters(r: dict[str, Any], report: Report) -> None:
+    w = r.get("L")
+    if not w:
+        return
+    n = w["waiters"]
+    report.add("L", f"errors of {n} sync requests (upstream {w['upstream_s']:.0f} s)",
+               w["errors"], target="= 0", check=lambda row: row.ours == 0)
+    report.add("L", "answered 200", w["answered_200"], target=f"= {n}",
+               check=lambda row: row.ours == n)
+    report.add("L", f"peak waiting at once in one API process ({w['workers']} workers)",
+               w["peak_waiting"], target=f"= {n}", check=lambda row: row.ours == n)
+    report.add("L", f"ramp s (aimed at {n / w['ramp_rate_target_per_s']:.0f})", w["ramp_s"])
+    report.add("L", "answer lag s after completed_at, max", w["lag_s_max"],
+               target=f"<= {LAG_S:g}", check=lambda row: row.ours <= LAG_S)
+    report.add("L", "answer lag s, p50", w["lag_s_p50"])
+    report.add("L", "answer lag s, p99", w["lag_s_p99"])
+    report.add("L", "API RSS MB before", _mb(w.get("api_rss_kb_before")))
+    report.add("L", "API RSS MB, all waiting", _mb(w.get("api_rss_kb_all_waiting")))
+    report.add("L", "API RSS KB per waiting request", w.get("rss_kb_per_waiter"),
+               target=f"<= {KB_PER_WAITER}", check=lambda row: row.ours <= KB_PER_WAITER)
+    report.add("L", "API PSS KB per waiting request", w.get("pss_kb_per_waiter"),
+               target=f"<= {KB_PER_WAITER}", check=lambda row: row.ours <= KB_PER_WAITER)
+    quiet = w.get("quiet") or {}
+    fallback = 1 / recheck_s()
+    report.add("L", f"quiet window s ({quiet.get('waiting', 0)} waiting)", quiet.get("seconds"))
+    report.add("L", "API SQL statements per waiter-second (ratio: / the 1/15 s fallback)"
+               if recheck_s() == 15 else "API SQL statements per waiter-second (ratio: / "
+               "the fallback)", quiet.get("api_statements_per_waiter_s"),
+               ratio_=ratio(quiet.get("api_statements_per_waiter_s"), fallback),
+               target=f"<= fallback (+{FALLBACK_SLACK - 1:.0%})",
+               check=lambda row: row.ratio <= FALLBACK_SLACK)
+    report.add("L", "DB transactions per waiter-second, all processes (workers' heartbeats "
+               "incl.)", quiet.get("db_transactions_per_waiter_s"),
+               ratio_=ratio(quiet.get("db_transactions_per_waiter_s"), fallback))
+
+
+def _mb(kb: float | None) -> float | None:
+    return None if kb is None else kb / 1024

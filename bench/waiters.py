@@ -1,0 +1,386 @@
+"""Scenario L: thousands of sync requests waiting at once in one API process (issue 14, item 6).
+
+One `gih serve --workers 1` of its own (the stack's settings, a queue of its own) and as many
+`gih worker` processes as it takes to run every generation at once (`GIH_JOB_CONCURRENCY` is at
+most 1000 per worker). The fake upstream answers after `upstream_s`. The client opens one raw
+HTTP/1.1 connection per request (asyncio streams, bench.load.Connection), at a paced rate, held
+back while more than WINDOW requests are sent but not yet charged (so no request waits for the
+API's database pool longer than its timeout), and reads each answer.
+
+The API process talks to PostgreSQL through PgCounter, a relay that counts the statements it
+sends; the database-wide transaction counter (pg_stat_database, which also counts the workers'
+heartbeats) is sampled as well. A quiet window is the longest stretch in which nothing was
+charged, finished or answered: every charged request is then only waiting.
+"""
+
+import asyncio
+import contextlib
+import json
+import math
+import os
+import resource
+import subprocess
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+
+from bench import load, procs
+from bench.stack import ADMIN_URL, Account, Stack, stop_group, wait_for_log
+from tests.fakes.processes import GIH, app_env, free_port, start_serve
+
+WINDOW = 50  # requests sent but not yet charged, at most (the API's pool waits 10 s at most)
+LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20)
+MAX_JOBS_PER_WORKER = 1000  # app/config.py: job_concurrency le=1000
+WORKER_DB_POOL = 4  # per waiter worker (+ half as overflow): PostgreSQL allows 100 in all
+SSL_REQUEST, GSS_REQUEST = (80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big")
+CONTROL = (b"BEGIN", b"COMMIT", b"ROLLBACK", b"START", b"END", b"SAVEPOINT", b"RELEASE")
+
+
+def raise_fd_limit(needed: int) -> tuple[int, int]:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (the servers inherit it)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        soft = hard
+    if soft < needed:
+        print(f"    ! open files limited to {soft}, {needed} wanted: expect errors")
+    return soft, hard
+
+
+@dataclass
+class PgCounter:
+    """A TCP relay to PostgreSQL that counts the statements its clients send: extended-protocol
+    Executes and simple Queries, transaction control (BEGIN, COMMIT, ROLLBACK...) apart. An
+    SSLRequest is answered 'N' here, so the stream stays plain and readable."""
+
+    host: str
+    port: int
+    statements: int = 0
+    control: int = 0
+    connections: int = 0
+    server: asyncio.AbstractServer | None = None
+    listen_port: int = 0
+
+    async def start(self) -> "PgCounter":
+        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        self.listen_port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.server.wait_closed(), 5)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        up_reader, up_writer = await asyncio.open_connection(self.host, self.port)
+        back = asyncio.create_task(self._pipe(up_reader, writer))
+        try:
+            await self._frontend(reader, writer, up_writer)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            back.cancel()
+            for w in (writer, up_writer):
+                w.close()
+
+    async def _frontend(self, reader: asyncio.StreamReader, client: asyncio.StreamWriter,
+                        upstream: asyncio.StreamWriter) -> None:
+        while True:  # the start-up packets have no type byte
+            size = int.from_bytes(await reader.readexactly(4), "big")
+            rest = await reader.readexactly(size - 4)
+            if size == 8 and rest[:4] in (SSL_REQUEST, GSS_REQUEST):
+                client.write(b"N")
+                continue
+            upstream.write(size.to_bytes(4, "big") + rest)
+            break
+        while True:
+            head = await reader.readexactly(5)
+            body = await reader.readexactly(int.from_bytes(head[1:], "big") - 4)
+            if head[:1] == b"E":
+                self.statements += 1
+            elif head[:1] == b"Q":
+                if body.lstrip()[:9].upper().startswith(CONTROL):
+                    self.control += 1
+                else:
+                    self.statements += 1
+            upstream.write(head + body)
+            if upstream.transport.get_write_buffer_size() > 1 << 16:
+                await upstream.drain()
+
+    @staticmethod
+    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(Exception):
+            while data := await reader.read(1 << 16):
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+
+def through(url: str, port: int) -> str:
+    """`url` with its host:port replaced by 127.0.0.1:`port`."""
+    parts = urlsplit(url)
+    user = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{user}127.0.0.1:{port}"))
+
+
+@dataclass
+class Answer:
+    sent: float  # wall clock (time.time())
+    got: float = 0.0
+    status: int = 0
+    completed_at: float | None = None
+    error: str = ""
+
+
+@dataclass
+class Waiters:
+    stack: Stack
+    accounts: list[Account]
+    n: int
+    upstream_s: float
+    ramp_s: float
+    ramp_max_s: float
+    body: dict[str, Any]
+    path: str
+    dir: Path = field(init=False)
+    serve: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+    counter: PgCounter | None = None
+    answers: list[Answer] = field(default_factory=list)
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    charged: int = 0
+    target: tuple[str, int] = ("127.0.0.1", 0)
+
+    def __post_init__(self) -> None:
+        self.dir = self.stack.dir / "waiters"
+        self.dir.mkdir(exist_ok=True)
+
+    # --- processes ---------------------------------------------------------------------------
+
+    async def start(self) -> str:
+        host, port = urlsplit(self.stack.db_url).hostname, urlsplit(self.stack.db_url).port
+        self.counter = await PgCounter(host or "127.0.0.1", port or 5432).start()
+        queue = f"{self.stack.env['GIH_QUEUE_NAME']}-waiters"
+        env = {**self.stack.env, "GIH_QUEUE_NAME": queue,
+               "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics-api")}
+        os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+        count = math.ceil(self.n / MAX_JOBS_PER_WORKER)
+        per = math.ceil(self.n / count)
+        for i in range(count):
+            self.workers.append(await asyncio.to_thread(self._start_worker, env, i, per))
+        self.serve, base = await asyncio.to_thread(
+            start_serve, {**env, "GIH_DATABASE_URL": through(self.stack.db_url,
+                                                             self.counter.listen_port)},
+            self.dir / "serve.log", 1)
+        print(f"    waiters: gih serve --workers 1 (pid {self.serve.pid}) at {base}, {count} "
+              f"gih worker with GIH_JOB_CONCURRENCY={per} and GIH_DB_POOL_SIZE={WORKER_DB_POOL}"
+              f", queue {queue}; the API's PostgreSQL traffic through a counting relay")
+        return base
+
+    def _start_worker(self, env: dict[str, str], i: int, jobs: int) -> subprocess.Popen:
+        metrics = self.dir / f"metrics-worker-{i}"
+        metrics.mkdir(exist_ok=True)
+        log = self.dir / f"worker-{i}.log"
+        log.touch()
+        worker_env = {**env, "GIH_JOB_CONCURRENCY": str(jobs),
+                      "GIH_DB_POOL_SIZE": str(WORKER_DB_POOL),
+                      "GIH_WORKER_METRICS_PORT": str(free_port()),
+                      "PROMETHEUS_MULTIPROC_DIR": str(metrics)}
+        with open(log, "ab") as out:
+            process = subprocess.Popen([GIH, "worker"], env=app_env(worker_env), stdout=out,
+                                       stderr=subprocess.STDOUT, start_new_session=True)
+        self.stack.on_close(lambda: stop_group(process))
+        wait_for_log(process, log, b"gih worker ready", f"waiter worker {i}")
+        return process
+
+    async def stop(self) -> None:
+        for process in [self.serve, *self.workers]:
+            if process is not None:
+                await asyncio.to_thread(stop_group, process)
+        if self.counter is not None:
+            await self.counter.stop()
+
+    # --- the load ----------------------------------------------------------------------------
+
+    async def one(self, i: int, request: load.Request, timeout: float) -> None:
+        answer = self.answers[i]
+        conn = load.Connection(*self.target)
+        try:
+            async with asyncio.timeout(timeout):
+                status, body = await conn.send(request)
+            answer.got, answer.status = time.time(), status
+            if status == 200:
+                done = json.loads(body).get("completed_at")
+                if done:
+                    answer.completed_at = datetime.fromisoformat(done).timestamp()
+            else:
+                answer.error = f"{status}: {body[:200].decode(errors='replace')}"
+        except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
+            answer.got, answer.error = time.time(), repr(exc)[:200]
+        finally:
+            conn.close()
+
+    async def monitor(self, db: asyncpg.Connection, admin: asyncpg.Connection,
+                      user_ids: list[str], began: float, stop: asyncio.Event) -> None:
+        assert self.serve is not None and self.counter is not None
+        counts_sql = ("SELECT status, count(*) FROM generations WHERE user_id = ANY($1::text[]) "
+                      "GROUP BY status")
+        stats_sql = ("SELECT xact_commit + xact_rollback FROM pg_stat_database "
+                     "WHERE datname = $1")
+        while not stop.is_set():
+            counts = dict(await db.fetch(counts_sql, user_ids))
+            xacts = await admin.fetchval(stats_sql, self.stack.db_name)
+            mem = procs.memory_kb(self.serve.pid)
+            self.charged = sum(counts.values())
+            sent = sum(1 for a in self.answers if a.sent)
+            answered = sum(1 for a in self.answers if a.got)
+            self.samples.append({
+                "t": round(time.monotonic() - began, 2), "sent": sent, "answered": answered,
+                "waiting": sent - answered,
+                "charged": self.charged, "running": counts.get("running", 0),
+                "finished": sum(v for k, v in counts.items() if k not in ("queued", "running")),
+                "xacts": xacts, "api_statements": self.counter.statements,
+                "api_control": self.counter.control,
+                "api_rss_kb": mem.get("rss", 0), "api_pss_kb": mem.get("pss", 0)})
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+
+    async def run(self, target: tuple[str, int], requests: list[load.Request]) -> dict[str, Any]:
+        assert self.serve is not None
+        self.target = target
+        rate = self.n / self.ramp_s
+        db = await asyncpg.connect(self.stack.db_url, timeout=10)
+        admin = await asyncpg.connect(ADMIN_URL, timeout=10)
+        user_ids = [a.user_id for a in self.accounts]
+        before = (await db.fetchval("SELECT count(*) FROM generations "
+                                    "WHERE user_id = ANY($1::text[])", user_ids))
+        mem_before = procs.memory_kb(self.serve.pid)
+        procs.reset_peak(self.serve.pid)
+        self.answers = [Answer(0.0) for _ in range(self.n)]
+        stop = asyncio.Event()
+        began = time.monotonic()
+        watcher = asyncio.create_task(self.monitor(db, admin, user_ids, began, stop))
+        tasks = []
+        timeout = self.upstream_s + 120
+        try:
+            for i in range(self.n):
+                due = began + i / rate
+                while True:
+                    now = time.monotonic()
+                    if now - began > self.ramp_max_s:
+                        break
+                    if now >= due and i - (self.charged - before) < WINDOW:
+                        break
+                    await asyncio.sleep(min(0.05, max(0.001, due - now)))
+                if time.monotonic() - began > self.ramp_max_s:
+                    print(f"    ! waiters: only {i} of {self.n} sent within {self.ramp_max_s} s")
+                    break
+                self.answers[i].sent = time.time()
+                tasks.append(asyncio.create_task(self.one(i, requests[i % len(requests)],
+                                                          timeout)))
+            ramp = time.monotonic() - began
+            await asyncio.gather(*tasks)
+        finally:
+            stop.set()
+            await watcher
+            for t in tasks:
+                t.cancel()
+            await db.close()
+            await admin.close()
+        peak_rss = procs.peak_rss_kb(self.serve.pid)
+        return self.figures(ramp, rate, before, mem_before, peak_rss)
+
+    # --- the figures -------------------------------------------------------------------------
+
+    def figures(self, ramp_s: float, rate: float, before: int, mem_before: dict[str, int],
+                peak_rss_kb: int) -> dict[str, Any]:
+        sent = [a for a in self.answers if a.sent]
+        ok = [a for a in sent if a.status == 200 and not a.error]
+        errors = [a for a in sent if a.status != 200 or a.error]
+        lags = sorted(a.got - a.completed_at for a in ok if a.completed_at is not None)
+        samples = self.samples
+        for s in samples:
+            s["charged"] -= before
+            s["finished"] -= before  # the warm-up's, all final
+        peak = max(samples, key=lambda s: (s["waiting"], -s["t"])) if samples else {}
+        quiet = quiet_window(samples)
+        out: dict[str, Any] = {
+            "waiters": self.n, "sent": len(sent), "answered_200": len(ok), "errors": len(errors),
+            "error_samples": [a.error for a in errors[:5]],
+            "upstream_s": self.upstream_s, "ramp_s": round(ramp_s, 1),
+            "ramp_rate_target_per_s": round(rate, 1),
+            "workers": len(self.workers),
+            "peak_waiting": peak.get("waiting", 0), "peak_running": max(
+                (s["running"] for s in samples), default=0),
+            "lag_s_max": round(lags[-1], 3) if lags else None,
+            "lag_s_p50": round(load.percentile(lags, 50) or 0, 3) if lags else None,
+            "lag_s_p99": round(load.percentile(lags, 99) or 0, 3) if lags else None,
+            "lag_s_min": round(lags[0], 3) if lags else None,
+            "lags_over_1s": sum(1 for x in lags if x > 1.0), "lags_measured": len(lags),
+            "lag_histogram_s": lag_histogram(lags),
+            "api_rss_kb_before": mem_before.get("rss"), "api_pss_kb_before": mem_before.get("pss"),
+            "api_peak_rss_kb_vmhwm": peak_rss_kb}
+        # Memory with everyone waiting: the largest sample of the quiet window, else at the
+        # peak of waiting requests.
+        at = quiet["samples"] if quiet else [peak] if peak else []
+        if at and mem_before:
+            waiting = max(1, max(s["waiting"] for s in at))
+            rss = max(s["api_rss_kb"] for s in at)
+            pss = max(s["api_pss_kb"] for s in at)
+            out.update({"api_rss_kb_all_waiting": rss, "api_pss_kb_all_waiting": pss,
+                        "waiting_at_memory_sample": waiting,
+                        "rss_kb_per_waiter": round((rss - mem_before["rss"]) / waiting, 2),
+                        "pss_kb_per_waiter": round((pss - mem_before["pss"]) / waiting, 2)})
+        if quiet:
+            first, last = quiet["samples"][0], quiet["samples"][-1]
+            seconds, waiting = last["t"] - first["t"], first["waiting"]
+            statements = last["api_statements"] - first["api_statements"]
+            xacts = last["xacts"] - first["xacts"]
+            out["quiet"] = {
+                "from_s": first["t"], "to_s": last["t"], "seconds": round(seconds, 2),
+                "waiting": waiting, "api_statements": statements,
+                "api_transaction_control": last["api_control"] - first["api_control"],
+                "db_transactions_all_processes": xacts,
+                "api_statements_per_waiter_s": round(statements / waiting / seconds, 4),
+                "db_transactions_per_waiter_s": round(xacts / waiting / seconds, 4)}
+        if samples and samples[-1]["answered"]:
+            first, last = samples[0], samples[-1]
+            out["api_statements_per_request"] = round(
+                (last["api_statements"] - first["api_statements"]) / last["answered"], 2)
+            out["api_transaction_control_per_request"] = round(
+                (last["api_control"] - first["api_control"]) / last["answered"], 2)
+        out["samples"] = samples
+        return out
+
+
+def lag_histogram(lags: list[float]) -> dict[str, int]:
+    """{"<=0.1": count, ..., ">20": count} of the answer lags (seconds)."""
+    out = {f"<={b:g}": 0 for b in LAG_BUCKETS_S} | {f">{LAG_BUCKETS_S[-1]:g}": 0}
+    for lag in lags:
+        bucket = next((f"<={b:g}" for b in LAG_BUCKETS_S if lag <= b),
+                      f">{LAG_BUCKETS_S[-1]:g}")
+        out[bucket] += 1
+    return out
+
+
+def quiet_window(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The longest run of samples with nothing charged, finished or answered between them."""
+    best: list[dict[str, Any]] = []
+    run: list[dict[str, Any]] = []
+    for s in samples:
+        same = run and all(s[k] == run[-1][k] for k in ("charged", "finished", "answered",
+                                                        "sent"))
+        run = [*run, s] if same else [s]
+        if s["waiting"] > 0 and len(run) > len(best):
+            best = run
+    best = best[1:]  # the first sample may still see the last claims and first reads
+    if len(best) < 3:
+        return None
+    return {"samples": best}
