@@ -50,12 +50,15 @@ ReaderDep = Annotated[AsyncSession, Depends(get_reader, scope="function")]
 
 
 async def current_principal(request: Request, rt: RuntimeDep) -> Principal:
-    """Authenticate on a short session of its own (one lookup, at most one update of
+    """Authenticate on a short connection of its own (one lookup, at most one update of
     `last_used_at`): a request that then waits minutes for its generation holds no connection."""
-    async with rt.reader() as session:
-        principal = await keys.authenticate(session, request.headers.get("authorization"),
-                                            secret=rt.secret)
-        await session.commit()  # SQLite's last-used update; nothing to send under autocommit
+    authorization = request.headers.get("authorization")
+    if rt.direct is not None:  # PostgreSQL: one statement, no ORM
+        principal = await keys.authenticate_direct(rt.direct, authorization, secret=rt.secret)
+    else:
+        async with rt.reader() as session:
+            principal = await keys.authenticate(session, authorization, secret=rt.secret)
+            await session.commit()  # the last-used update
     note(request, user_id=principal.user.id)
     return principal
 

@@ -8,7 +8,14 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
 from app.catalog.catalog import Catalog, load_catalog
 from app.config import Settings
-from app.db import create_engine, create_reader, create_sessionmaker, transaction
+from app.db import (
+    DirectPool,
+    create_direct_pool,
+    create_engine,
+    create_reader,
+    create_sessionmaker,
+    transaction,
+)
 from app.providers import ImageProvider, create_provider
 from app.queue import ArqQueue, InProcessQueue, JobQueue
 from app.storage import create_storage
@@ -26,6 +33,7 @@ class Runtime:
     catalog: Catalog
     queue: JobQueue
     secret: bytes
+    direct: DirectPool | None = None  # PostgreSQL's hottest statements, without SQLAlchemy
     _provider: ImageProvider | None = None
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
@@ -63,10 +71,13 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
         catalog=load_catalog(settings.catalog_path),
         queue=queue,
         secret=settings.hashing_secret(),
+        direct=create_direct_pool(settings),
     )
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.queue.close()
     await runtime.close_provider()
+    if runtime.direct is not None:
+        await runtime.direct.close()
     await runtime.engine.dispose()

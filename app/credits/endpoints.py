@@ -7,16 +7,20 @@ from fastapi import APIRouter, Query
 from app.credits import ledger
 from app.credits import service as credits
 from app.credits.schemas import CreditBalance, CreditMovementList
-from app.deps import CurrentPrincipal, ReaderDep
+from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep
 from app.openapi import AUTH_ERRORS, error_doc
 
 router = APIRouter(prefix="/api/v1", tags=["credits"])
 
 
 @router.get("/credits", responses=AUTH_ERRORS)
-async def get_credits(principal: CurrentPrincipal, reader: ReaderDep) -> CreditBalance:
+async def get_credits(principal: CurrentPrincipal, rt: RuntimeDep) -> CreditBalance:
     """The caller's balance, plan label and the next credits to expire."""
-    balance = await credits.balance(reader, principal.user)
+    if rt.direct is not None:
+        balance = await credits.balance_direct(rt.direct, principal.user)
+    else:
+        async with rt.reader() as reader:
+            balance = await credits.balance(reader, principal.user)
     return CreditBalance(**balance.model_dump())
 
 

@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.credits.schemas import Balance, NextExpiration
-from app.db import utcnow
+from app.db import DirectPool, utcnow
 from app.errors import InsufficientCredits, NotFound
 from app.models import CreditLedgerEntry, CreditLot, CreditMovement, LedgerKind, User
 
@@ -201,16 +201,33 @@ def _write_off(session: AsyncSession, user: User, lots: list[CreditLot], now: da
 async def balance(session: AsyncSession, user: User) -> Balance:
     """The live balance without writing: the cached total minus anything expired but not yet
     written off. Cost is one indexed query over the user's open lots, whatever the ledger size."""
-    now = utcnow()
     rows = await session.execute(
         select(CreditLot.expires_at, func.sum(CreditLot.remaining))
         .where(CreditLot.user_id == user.id, CreditLot.remaining > 0,
                CreditLot.expires_at.is_not(None))
         .group_by(CreditLot.expires_at)
         .order_by(CreditLot.expires_at))
+    return _live(user, list(rows.tuples()))
+
+
+# The same read on PostgreSQL without the ORM (`app.db.DirectPool`).
+DATED_LOTS_SQL = (
+    "SELECT expires_at, sum(remaining) FROM credit_lots"
+    " WHERE user_id = $1 AND remaining > 0 AND expires_at IS NOT NULL"
+    " GROUP BY expires_at ORDER BY expires_at")
+
+
+async def balance_direct(db: DirectPool, user: User) -> Balance:
+    rows = await db.fetch(DATED_LOTS_SQL, user.id)
+    return _live(user, [(row[0], row[1]) for row in rows])
+
+
+def _live(user: User, dated: list[tuple[datetime | None, int]]) -> Balance:
+    """The balance from the cached total and the open lots' sums by expiry, soonest first."""
+    now = utcnow()
     expired = 0
     upcoming = None
-    for expires_at, credits in rows.tuples():
+    for expires_at, credits in dated:
         if expires_at is None:
             continue
         if expires_at <= now:

@@ -14,10 +14,10 @@ from sqlalchemy import or_, select
 from sqlalchemy import update as update_rows
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from app.db import utcnow
+from app.db import DirectPool, utcnow
 from app.errors import AuthError, ErrorCode, InvalidRequest, NotFound
 from app.ids import new_id, random_base62
-from app.models import ApiKey, LimitReset, User
+from app.models import ApiKey, LimitReset, User, UserRole
 
 KEY_PREFIX = "gih_live_"
 KEY_BODY_LENGTH = 32
@@ -144,27 +144,74 @@ async def revoke(session: AsyncSession, key_id: str, *, secret: bytes) -> ApiKey
 
 async def authenticate(session: AsyncSession, authorization: str | None, *,
                        secret: bytes) -> Principal:
-    raw_key = bearer_token(authorization)
-    if not KEY_PATTERN.fullmatch(raw_key):
-        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is malformed")
-    key_hash = hash_key(raw_key, secret)
+    key_hash = hash_key(raw_key_of(authorization), secret)
     row = (await session.execute(
         select(ApiKey, User).join(User, User.id == ApiKey.user_id)
         .where(ApiKey.key_hash == key_hash))).first()
-    # The lookup is by hash; compare again in constant time so no timing depends on the key.
-    if row is None or not hmac.compare_digest(row.ApiKey.key_hash, key_hash):
+    if row is None:
         raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
     key, user = row.ApiKey, row.User
-    if key.revoked_at is not None:
+    principal, stale = checked(key_hash, key.key_hash, key.revoked_at, key.expires_at,
+                               key.last_used_at, KeyLimits.of(key), key.id, user)
+    if stale:
+        await touch(session, key.id, utcnow())
+    return principal
+
+
+# The same lookup on PostgreSQL without the ORM (`app.db.DirectPool`), for every request.
+LOOKUP_SQL = (
+    "SELECT k.id, k.key_hash, k.revoked_at, k.expires_at, k.last_used_at, k.rate_limit,"
+    " k.max_concurrency, k.credit_limit, k.limit_reset, u.id AS user_id, u.email,"
+    " u.account_type, u.credits, u.created_at, u.role, u.disabled_at"
+    " FROM api_keys k JOIN users u ON u.id = k.user_id WHERE k.key_hash = $1")
+TOUCH_SQL = ("UPDATE api_keys SET last_used_at = $2"
+             " WHERE id = $1 AND (last_used_at IS NULL OR last_used_at < $3)")
+
+
+async def authenticate_direct(db: DirectPool, authorization: str | None, *,
+                              secret: bytes) -> Principal:
+    key_hash = hash_key(raw_key_of(authorization), secret)
+    row = await db.fetchrow(LOOKUP_SQL, key_hash)
+    if row is None:
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
+    user = User(id=row["user_id"], email=row["email"], account_type=row["account_type"],
+                credits=row["credits"], created_at=row["created_at"],
+                role=UserRole(row["role"]), disabled_at=row["disabled_at"])
+    limit_reset = row["limit_reset"]
+    limits = KeyLimits(row["rate_limit"], row["max_concurrency"], row["credit_limit"],
+                       LimitReset(limit_reset) if limit_reset else None)
+    principal, stale = checked(key_hash, row["key_hash"], row["revoked_at"], row["expires_at"],
+                               row["last_used_at"], limits, row["id"], user)
+    if stale:
+        now = utcnow()
+        await db.execute(TOUCH_SQL, row["id"], now, now - LAST_USED_RESOLUTION)
+    return principal
+
+
+def raw_key_of(authorization: str | None) -> str:
+    raw_key = bearer_token(authorization)
+    if not KEY_PATTERN.fullmatch(raw_key):
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is malformed")
+    return raw_key
+
+
+def checked(key_hash: str, stored_hash: str, revoked_at: datetime | None,
+            expires_at: datetime | None, last_used_at: datetime | None, limits: KeyLimits,
+            key_id: str, user: User) -> tuple[Principal, bool]:
+    """The caller of a key found by its hash, or AuthError; and whether its last use is due
+    to be recorded."""
+    # The lookup is by hash; compare again in constant time so no timing depends on the key.
+    if not hmac.compare_digest(stored_hash, key_hash):
+        raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
+    if revoked_at is not None:
         raise AuthError(ErrorCode.INVALID_API_KEY, "API key has been revoked")
     if user.disabled_at is not None:  # `gih users disable`, or the console's Users page
         raise AuthError(ErrorCode.INVALID_API_KEY, "the account of this API key is disabled")
     now = utcnow()
-    if key.expires_at is not None and key.expires_at <= now:
+    if expires_at is not None and expires_at <= now:
         raise AuthError(ErrorCode.EXPIRED_API_KEY, "API key has expired")
-    if key.last_used_at is None or now - key.last_used_at >= LAST_USED_RESOLUTION:
-        await touch(session, key.id, now)
-    return Principal(key_id=key.id, user=user, limits=KeyLimits.of(key))
+    stale = last_used_at is None or now - last_used_at >= LAST_USED_RESOLUTION
+    return Principal(key_id=key_id, user=user, limits=limits), stale
 
 
 async def touch(session: AsyncSession, key_id: str, now: datetime) -> None:
