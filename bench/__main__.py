@@ -30,6 +30,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                         help="L: concurrent sync requests (default 5000; 200 with --quick)")
     parser.add_argument("--waiter-upstream-s", type=float, metavar="S",
                         help="L: the upstream's latency (default 60; 10 with --quick)")
+    parser.add_argument("--waiter-direct", action="store_true",
+                        help="L: the API talks to PostgreSQL directly (no statement count)")
     parser.add_argument("--peer", choices=["litellm"], help="also measure this peer gateway")
     parser.add_argument("--litellm-spec", default="litellm[proxy]",
                         help="pip requirement for the peer (default: %(default)s)")
@@ -92,6 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = scenarios.Plan.quick() if args.quick else scenarios.Plan()
     if args.waiters:
         plan = dataclasses.replace(plan, l_waiters=args.waiters)
+    if args.waiter_direct:
+        plan = dataclasses.replace(plan, l_count_statements=False)
     if args.waiter_upstream_s:
         plan = dataclasses.replace(plan, l_upstream_s=args.waiter_upstream_s)
     report = Report()

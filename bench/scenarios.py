@@ -55,6 +55,7 @@ class Plan:
     l_upstream_s: float = 60.0
     l_ramp_s: float = 30.0  # the waiters are sent over this long (slower if the API lags)
     l_ramp_max_s: float = 120.0  # and no longer than this
+    l_count_statements: bool = True  # the API's PostgreSQL traffic through a counting relay
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -451,7 +452,7 @@ async def scenario_l(b: Bench) -> None:
     limits = waiters.raise_fd_limit(2 * n + 2000)
     accounts = await b.stack.accounts(min(50, n), prefix="waiter")
     run = waiters.Waiters(b.stack, accounts, n, plan.l_upstream_s, plan.l_ramp_s,
-                          plan.l_ramp_max_s, BODY, GEN_PATH)
+                          plan.l_ramp_max_s, BODY, GEN_PATH, plan.l_count_statements)
     try:
         target = Target.of(await run.start())
         requests = [post_json(target, GEN_PATH, a.key, BODY) for a in accounts]

@@ -20,6 +20,7 @@ import math
 import os
 import resource
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -38,6 +39,7 @@ LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20)
 MAX_JOBS_PER_WORKER = 1000  # app/config.py: job_concurrency le=1000
 WORKER_DB_POOL = 4  # per waiter worker (+ half as overflow): PostgreSQL allows 100 in all
 SSL_REQUEST, GSS_REQUEST = (80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big")
+APPLICATION_NAME = b"bench-waiters-api"
 CONTROL = (b"BEGIN", b"COMMIT", b"ROLLBACK", b"START", b"END", b"SAVEPOINT", b"RELEASE")
 
 
@@ -52,30 +54,28 @@ def raise_fd_limit(needed: int) -> tuple[int, int]:
     return soft, hard
 
 
-@dataclass
-class PgCounter:
+class PgRelay:
     """A TCP relay to PostgreSQL that counts the statements its clients send: extended-protocol
     Executes and simple Queries, transaction control (BEGIN, COMMIT, ROLLBACK...) apart. An
-    SSLRequest is answered 'N' here, so the stream stays plain and readable."""
+    SSLRequest is answered 'N' here, so the stream stays plain and readable. Runs in a process
+    of its own (`python -m bench.waiters relay HOST PORT`, see RelayProcess), so that relaying
+    shares no event loop with the client; a connection to its stats port reads the counts."""
 
-    host: str
-    port: int
-    statements: int = 0
-    control: int = 0
-    connections: int = 0
-    server: asyncio.AbstractServer | None = None
-    listen_port: int = 0
+    def __init__(self, host: str, port: int) -> None:
+        self.host, self.port = host, port
+        self.statements = self.control = self.connections = 0
 
-    async def start(self) -> "PgCounter":
-        self.server = await asyncio.start_server(self._client, "127.0.0.1", 0)
-        self.listen_port = self.server.sockets[0].getsockname()[1]
-        return self
+    async def serve(self) -> None:
+        relay = await asyncio.start_server(self._client, "127.0.0.1", 0)
+        stats = await asyncio.start_server(self._stats, "127.0.0.1", 0)
+        print(relay.sockets[0].getsockname()[1], stats.sockets[0].getsockname()[1], flush=True)
+        await relay.serve_forever()
 
-    async def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.server.wait_closed(), 5)
+    async def _stats(self, _reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(f"{self.statements} {self.control} {self.connections}\n".encode())
+        with contextlib.suppress(Exception):
+            await writer.drain()
+        writer.close()
 
     async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -98,21 +98,28 @@ class PgCounter:
             if size == 8 and rest[:4] in (SSL_REQUEST, GSS_REQUEST):
                 client.write(b"N")
                 continue
-            upstream.write(size.to_bytes(4, "big") + rest)
+            upstream.write(named(rest))
             break
-        while True:
-            head = await reader.readexactly(5)
-            body = await reader.readexactly(int.from_bytes(head[1:], "big") - 4)
-            if head[:1] == b"E":
-                self.statements += 1
-            elif head[:1] == b"Q":
-                if body.lstrip()[:9].upper().startswith(CONTROL):
-                    self.control += 1
-                else:
+        buf = bytearray()
+        while data := await reader.read(1 << 16):
+            upstream.write(data)  # forwarded at once; counted as whole messages arrive
+            buf += data
+            pos = 0
+            while len(buf) - pos >= 5:
+                end = pos + 1 + int.from_bytes(buf[pos + 1:pos + 5], "big")
+                if end > len(buf):
+                    break
+                kind = buf[pos]
+                if kind == 0x45:  # E: Execute
                     self.statements += 1
-            upstream.write(head + body)
-            if upstream.transport.get_write_buffer_size() > 1 << 16:
-                await upstream.drain()
+                elif kind == 0x51:  # Q: a simple query
+                    if bytes(buf[pos + 5:pos + 14]).lstrip().upper().startswith(CONTROL):
+                        self.control += 1
+                    else:
+                        self.statements += 1
+                pos = end
+            del buf[:pos]
+            await upstream.drain()
 
     @staticmethod
     async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -121,6 +128,47 @@ class PgCounter:
                 writer.write(data)
                 await writer.drain()
         writer.close()
+
+
+def named(startup: bytes, name: bytes = APPLICATION_NAME) -> bytes:
+    """The start-up packet (after its length) with application_name set, framed again, so that
+    pg_stat_activity tells the API's connections apart."""
+    version, fields = startup[:4], startup[4:].rstrip(b"\0").split(b"\0")
+    pairs = dict(zip(fields[::2], fields[1::2], strict=True))
+    pairs[b"application_name"] = name
+    body = version + b"".join(k + b"\0" + v + b"\0" for k, v in pairs.items()) + b"\0"
+    return (len(body) + 4).to_bytes(4, "big") + body
+
+
+@dataclass
+class RelayProcess:
+    """PgRelay in a subprocess: `port` for the API's database URL, `counts()` to read it."""
+
+    host: str
+    port_to: int
+    process: subprocess.Popen | None = None
+    port: int = 0
+    stats_port: int = 0
+
+    def start(self) -> "RelayProcess":
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "bench.waiters", "relay", self.host, str(self.port_to)],
+            stdout=subprocess.PIPE, start_new_session=True)
+        assert self.process.stdout is not None
+        self.port, self.stats_port = map(int, self.process.stdout.readline().split())
+        return self
+
+    async def counts(self) -> tuple[int, int]:
+        """(statements, transaction control) so far."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.stats_port)
+        line = await reader.readline()
+        writer.close()
+        statements, control, _connections = map(int, line.split())
+        return statements, control
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_group(self.process)
 
 
 def through(url: str, port: int) -> str:
@@ -149,10 +197,11 @@ class Waiters:
     ramp_max_s: float
     body: dict[str, Any]
     path: str
+    count_statements: bool = True  # False: the API talks to PostgreSQL directly
     dir: Path = field(init=False)
     serve: subprocess.Popen | None = None
     workers: list[subprocess.Popen] = field(default_factory=list)
-    counter: PgCounter | None = None
+    relay: RelayProcess | None = None
     answers: list[Answer] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     charged: int = 0
@@ -166,7 +215,11 @@ class Waiters:
 
     async def start(self) -> str:
         host, port = urlsplit(self.stack.db_url).hostname, urlsplit(self.stack.db_url).port
-        self.counter = await PgCounter(host or "127.0.0.1", port or 5432).start()
+        db_url = self.stack.db_url
+        if self.count_statements:
+            self.relay = RelayProcess(host or "127.0.0.1", port or 5432).start()
+            self.stack.on_close(self.relay.stop)
+            db_url = through(db_url, self.relay.port)
         queue = f"{self.stack.env['GIH_QUEUE_NAME']}-waiters"
         env = {**self.stack.env, "GIH_QUEUE_NAME": queue,
                "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics-api")}
@@ -176,12 +229,11 @@ class Waiters:
         for i in range(count):
             self.workers.append(await asyncio.to_thread(self._start_worker, env, i, per))
         self.serve, base = await asyncio.to_thread(
-            start_serve, {**env, "GIH_DATABASE_URL": through(self.stack.db_url,
-                                                             self.counter.listen_port)},
-            self.dir / "serve.log", 1)
+            start_serve, {**env, "GIH_DATABASE_URL": db_url}, self.dir / "serve.log", 1)
         print(f"    waiters: gih serve --workers 1 (pid {self.serve.pid}) at {base}, {count} "
               f"gih worker with GIH_JOB_CONCURRENCY={per} and GIH_DB_POOL_SIZE={WORKER_DB_POOL}"
-              f", queue {queue}; the API's PostgreSQL traffic through a counting relay")
+              f", queue {queue}; " + ("the API's PostgreSQL traffic through a counting relay"
+                                      if self.relay else "the API talks to PostgreSQL directly"))
         return base
 
     def _start_worker(self, env: dict[str, str], i: int, jobs: int) -> subprocess.Popen:
@@ -204,8 +256,8 @@ class Waiters:
         for process in [self.serve, *self.workers]:
             if process is not None:
                 await asyncio.to_thread(stop_group, process)
-        if self.counter is not None:
-            await self.counter.stop()
+        if self.relay is not None:
+            await asyncio.to_thread(self.relay.stop)
 
     # --- the load ----------------------------------------------------------------------------
 
@@ -229,15 +281,35 @@ class Waiters:
 
     async def monitor(self, db: asyncpg.Connection, admin: asyncpg.Connection,
                       user_ids: list[str], began: float, stop: asyncio.Event) -> None:
-        assert self.serve is not None and self.counter is not None
+        assert self.serve is not None
         counts_sql = ("SELECT status, count(*) FROM generations WHERE user_id = ANY($1::text[]) "
                       "GROUP BY status")
         stats_sql = ("SELECT xact_commit + xact_rollback FROM pg_stat_database "
                      "WHERE datname = $1")
+        # The API's backends (named by the relay) and the others': how many are running a
+        # statement, waiting for a lock, or idle inside a transaction (waiting for their client).
+        activity_sql = ("SELECT CASE WHEN application_name = $2 THEN 'api' ELSE 'other' END || "
+                        "' ' || CASE WHEN wait_event_type = 'Lock' THEN 'lock' "
+                        "WHEN state = 'active' THEN 'active' ELSE state END, count(*) "
+                        "FROM pg_stat_activity WHERE datname = $1 GROUP BY 1")
+        trees = [procs.Tree("api", self.serve.pid), *(procs.Tree(f"worker {i}", w.pid)
+                                                     for i, w in enumerate(self.workers))]
+        if self.relay is not None and self.relay.process is not None:
+            trees.append(procs.Tree("relay", self.relay.process.pid))
+        trees += self.stack.infra()
+        n = 0
         while not stop.is_set():
+            if n % 4 == 0:  # CPU seconds so far, by process (tree); every 2 s: /proc walks
+                cpu = {t.name: round(t.cpu(), 2) for t in trees}
+                usage = resource.getrusage(resource.RUSAGE_SELF)
+                cpu["client"] = round(usage.ru_utime + usage.ru_stime, 2)
+            n += 1
             counts = dict(await db.fetch(counts_sql, user_ids))
             xacts = await admin.fetchval(stats_sql, self.stack.db_name)
+            activity = dict(await admin.fetch(activity_sql, self.stack.db_name,
+                                              APPLICATION_NAME.decode()))
             mem = procs.memory_kb(self.serve.pid)
+            statements, control = await self.relay.counts() if self.relay else (None, None)
             self.charged = sum(counts.values())
             sent = sum(1 for a in self.answers if a.sent)
             answered = sum(1 for a in self.answers if a.got)
@@ -246,9 +318,10 @@ class Waiters:
                 "waiting": sent - answered,
                 "charged": self.charged, "running": counts.get("running", 0),
                 "finished": sum(v for k, v in counts.items() if k not in ("queued", "running")),
-                "xacts": xacts, "api_statements": self.counter.statements,
-                "api_control": self.counter.control,
-                "api_rss_kb": mem.get("rss", 0), "api_pss_kb": mem.get("pss", 0)})
+                "xacts": xacts, "api_statements": statements, "api_control": control,
+                "api_rss_kb": mem.get("rss", 0), "api_pss_kb": mem.get("pss", 0),
+                "backends": activity,
+                **({"cpu": cpu} if n % 4 == 1 else {})})
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
@@ -338,7 +411,17 @@ class Waiters:
                         "waiting_at_memory_sample": waiting,
                         "rss_kb_per_waiter": round((rss - mem_before["rss"]) / waiting, 2),
                         "pss_kb_per_waiter": round((pss - mem_before["pss"]) / waiting, 2)})
-        if quiet:
+        ramp_samples = [s for s in samples if s["t"] <= ramp_s] or samples
+        kinds = {k for s in ramp_samples for k in s["backends"]}
+        out["backends_mean_during_ramp"] = {
+            k: round(sum(s["backends"].get(k, 0) for s in ramp_samples) / len(ramp_samples), 1)
+            for k in sorted(kinds)}
+        if quiet and self.relay is None:
+            first, last = quiet["samples"][0], quiet["samples"][-1]
+            out["quiet"] = {"from_s": first["t"], "to_s": last["t"],
+                            "seconds": round(last["t"] - first["t"], 2),
+                            "waiting": first["waiting"]}
+        elif quiet:
             first, last = quiet["samples"][0], quiet["samples"][-1]
             seconds, waiting = last["t"] - first["t"], first["waiting"]
             statements = last["api_statements"] - first["api_statements"]
@@ -350,7 +433,17 @@ class Waiters:
                 "db_transactions_all_processes": xacts,
                 "api_statements_per_waiter_s": round(statements / waiting / seconds, 4),
                 "db_transactions_per_waiter_s": round(xacts / waiting / seconds, 4)}
-        if samples and samples[-1]["answered"]:
+        with_cpu = [s for s in samples if "cpu" in s]
+        if len(with_cpu) >= 2:
+            first = with_cpu[0]
+            in_ramp = [s for s in with_cpu if s["t"] <= ramp_s] or with_cpu[:2]
+            for name, end in (("ramp", in_ramp[-1]), ("run", with_cpu[-1])):
+                seconds = end["t"] - first["t"]
+                used = {k: round(v - first["cpu"].get(k, 0), 2) for k, v in end["cpu"].items()}
+                out[f"cpu_s_{name}"] = {"seconds": round(seconds, 1), **used,
+                                        "cores_busy_all": round(sum(used.values()) / seconds, 2)
+                                        if seconds else None}
+        if samples and samples[-1]["answered"] and self.relay is not None:
             first, last = samples[0], samples[-1]
             out["api_statements_per_request"] = round(
                 (last["api_statements"] - first["api_statements"]) / last["answered"], 2)
@@ -371,16 +464,31 @@ def lag_histogram(lags: list[float]) -> dict[str, int]:
 
 
 def quiet_window(samples: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The longest run of samples with nothing charged, finished or answered between them."""
+    """The longest run of samples with nothing sent, charged, finished or answered between
+    them, while at least 90 % of the most requests ever held were waiting."""
     best: list[dict[str, Any]] = []
     run: list[dict[str, Any]] = []
+    most = max((s["waiting"] for s in samples), default=0)
     for s in samples:
+        if s["waiting"] < 0.9 * most:
+            run = []
+            continue
         same = run and all(s[k] == run[-1][k] for k in ("charged", "finished", "answered",
                                                         "sent"))
         run = [*run, s] if same else [s]
-        if s["waiting"] > 0 and len(run) > len(best):
+        if len(run) > len(best):
             best = run
     best = best[1:]  # the first sample may still see the last claims and first reads
     if len(best) < 3:
         return None
     return {"samples": best}
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["relay"]:
+    try:
+        import uvloop
+        uvloop.install()
+    except ImportError:
+        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(PgRelay(sys.argv[2], int(sys.argv[3])).serve())

@@ -41,6 +41,7 @@ from .base import (
 )
 
 log = logging.getLogger(__name__)
+INLINE_DECODE_CHARS = 1 << 19  # base64 decoded on the event loop up to this (~1 ms)
 
 _MAX_MESSAGE = 500
 # Options of ImageRequest.options each endpoint takes (the SDK's edit() has no moderation).
@@ -100,7 +101,10 @@ class OpenAIProvider:
 
         if not isinstance(response, ImagesResponse):
             raise _malformed("the image provider returned an invalid response")
-        images = await asyncio.to_thread(_decode_all, response, request)
+        if sum(len(item.b64_json or "") for item in response.data or ()) < INLINE_DECODE_CHARS:
+            images = _decode_all(response, request)  # cheaper than the hop to a thread
+        else:  # a few MB of base64: off the event loop
+            images = await asyncio.to_thread(_decode_all, response, request)
         usage = response.usage.model_dump(mode="json") if response.usage is not None else None
         return ImageResult(images=images, usage=usage)
 
