@@ -23,7 +23,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -206,6 +206,7 @@ class Waiters:
     samples: list[dict[str, Any]] = field(default_factory=list)
     charged: int = 0
     target: tuple[str, int] = ("127.0.0.1", 0)
+    started_at: str = ""
 
     def __post_init__(self) -> None:
         self.dir = self.stack.dir / "waiters"
@@ -338,6 +339,7 @@ class Waiters:
         procs.reset_peak(self.serve.pid)
         self.answers = [Answer(0.0) for _ in range(self.n)]
         stop = asyncio.Event()
+        self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         began = time.monotonic()
         watcher = asyncio.create_task(self.monitor(db, admin, user_ids, began, stop))
         tasks = []
@@ -385,7 +387,8 @@ class Waiters:
         peak = max(samples, key=lambda s: (s["waiting"], -s["t"])) if samples else {}
         quiet = quiet_window(samples)
         out: dict[str, Any] = {
-            "waiters": self.n, "sent": len(sent), "answered_200": len(ok), "errors": len(errors),
+            "waiters": self.n, "started_at": self.started_at, "sent": len(sent),
+            "answered_200": len(ok), "errors": len(errors),
             "error_samples": [a.error for a in errors[:5]],
             "upstream_s": self.upstream_s, "ramp_s": round(ramp_s, 1),
             "ramp_rate_target_per_s": round(rate, 1),
