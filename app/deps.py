@@ -25,7 +25,8 @@ from app.ops.middleware import note
 from app.runtime import Runtime
 
 
-def get_runtime(request: Request) -> Runtime:
+async def get_runtime(request: Request) -> Runtime:
+    # async: FastAPI runs a plain `def` dependency in its thread pool, a hop per request
     runtime: Runtime = request.app.state.runtime
     return runtime
 

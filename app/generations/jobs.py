@@ -45,7 +45,9 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     generation, references = claimed
     try:
         async with heartbeat(rt, generation_id):
-            with tempfile.TemporaryDirectory(prefix="gih-job-") as tmp:
+            # a folder for the references only when there are some (an edit)
+            with (tempfile.TemporaryDirectory(prefix="gih-job-") if references
+                  else contextlib.nullcontext("")) as tmp:
                 inputs, mask = await images.fetch_references(rt.storage, references, Path(tmp))
                 options = dict(generation.options or {})
                 request = ImageRequest(
