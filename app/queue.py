@@ -227,6 +227,15 @@ class InProcessQueue:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+# KEYS: the job's key, its result's key, the queue; ARGV: expiry (ms), job, score, job id.
+ENQUEUE_SCRIPT = """
+if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
+redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+return 1
+"""
+
+
 class ArqQueue:
     """Production: arq jobs in Redis (run by `gih worker`), completion over Redis pub/sub."""
 
@@ -241,6 +250,7 @@ class ArqQueue:
         self.pool: ArqRedis | None = None
         self._owns_pool = True
         self._listener: asyncio.Task[None] | None = None
+        self._enqueue_script: Any = None
 
     async def start(self, runner: Runner) -> None:
         """Connect (the runner is not used: `gih worker` runs the jobs)."""
@@ -258,25 +268,35 @@ class ArqQueue:
         """Share the worker's own arq connection instead of opening one (arq closes it)."""
         self.pool = pool
         self._owns_pool = False
+        self._enqueue_script = None
 
     async def enqueue(self, generation_id: str, attempt: int) -> None:
-        from redis.exceptions import RedisError
-
-        try:
-            await self.redis.enqueue_job(JOB_FUNCTION, generation_id, attempt,
-                                        _job_id=job_id(generation_id, attempt),
-                                        _queue_name=self.queue_name)
-        except (RedisError, OSError) as exc:
-            raise QueueUnavailable(f"Redis: {exc}") from exc
+        await self._enqueue(JOB_FUNCTION, (generation_id, attempt),
+                            job_id(generation_id, attempt))
 
     async def enqueue_task(self, function: str, *args: str | int, job_id: str,
                            defer_s: float = 0, run: Call) -> None:
+        await self._enqueue(function, args, job_id, defer_s)
+
+    async def _enqueue(self, function: str, args: tuple[str | int, ...], job_id: str,
+                       defer_s: float = 0) -> None:
+        """arq's `enqueue_job` in one round trip (it takes three: WATCH, EXISTS, MULTI/EXEC):
+        the same job record and queue entry, written by a Lua script, so just as atomic; a job
+        id that is queued, running or has a result is left alone."""
+        from arq.constants import job_key_prefix, result_key_prefix
+        from arq.jobs import serialize_job
         from redis.exceptions import RedisError
 
+        redis = self.redis
+        now_ms = int(time.time() * 1000)
+        score = now_ms + int(defer_s * 1000) if defer_s > 0 else now_ms
+        job = serialize_job(function, args, {}, None, now_ms, serializer=redis.job_serializer)
         try:
-            await self.redis.enqueue_job(function, *args, _job_id=job_id,
-                                        _queue_name=self.queue_name,
-                                        _defer_by=defer_s if defer_s > 0 else None)
+            if self._enqueue_script is None:
+                self._enqueue_script = redis.register_script(ENQUEUE_SCRIPT)
+            await self._enqueue_script(
+                keys=[job_key_prefix + job_id, result_key_prefix + job_id, self.queue_name],
+                args=[score - now_ms + redis.expires_extra_ms, job, score, job_id])
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"Redis: {exc}") from exc
 
