@@ -10,7 +10,7 @@ import asyncio
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
@@ -136,14 +136,21 @@ async def release_idempotency_key(session: AsyncSession, generation_id: str) -> 
 
 async def claim(session: AsyncSession, generation_id: str,
                 attempt: int) -> tuple[Generation, list[ReferenceImage]] | None:
-    """Mark the generation running, unless it is final or a newer attempt owns it."""
-    generation = await session.get(Generation, generation_id, with_for_update=True)
-    if generation is None or generation.status.is_final or generation.attempts != attempt:
-        return None
+    """Mark the generation running, unless it is final or a newer attempt owns it: one
+    conditional UPDATE ... RETURNING (the row lock and the check in one statement)."""
     now = utcnow()
-    generation.status = GenerationStatus.RUNNING
-    generation.started_at = generation.started_at or now
-    generation.heartbeat_at = now
+    generation = await session.scalar(
+        update(Generation)
+        .where(Generation.id == generation_id, Generation.attempts == attempt,
+               Generation.status.in_(UNFINISHED_STATUSES))
+        .values(status=GenerationStatus.RUNNING,
+                started_at=func.coalesce(Generation.started_at,
+                                         literal(now, Generation.started_at.type)),
+                heartbeat_at=now)
+        .returning(Generation)
+        .execution_options(populate_existing=True))
+    if generation is None:
+        return None
     references = await references_of(session, generation_id) if generation.reference_count else []
     return generation, references
 
