@@ -186,7 +186,7 @@ class DirectPool:
             if self._pool is None:
                 self._pool = await asyncpg.create_pool(
                     self.dsn, min_size=1, max_size=self.SIZE, timeout=5, command_timeout=30,
-                    max_inactive_connection_lifetime=300)
+                    max_inactive_connection_lifetime=300, reset=_keep_as_is)
         return self._pool
 
     async def fetchrow(self, sql: str, *args: object) -> asyncpg.Record | None:
@@ -208,6 +208,11 @@ class DirectPool:
         if self._pool is not None:
             pool, self._pool = self._pool, None
             await pool.close()
+
+
+async def _keep_as_is(_connection: asyncpg.Connection) -> None:
+    """asyncpg resets a connection on release by default (a round trip: RESET ALL, UNLISTEN,
+    ...); these single statements leave no session state to reset."""
 
 
 def create_direct_pool(settings: Settings) -> DirectPool | None:

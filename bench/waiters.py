@@ -207,6 +207,7 @@ class Waiters:
     charged: int = 0
     target: tuple[str, int] = ("127.0.0.1", 0)
     started_at: str = ""
+    probes: list[tuple[float, float | None]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.dir = self.stack.dir / "waiters"
@@ -326,6 +327,23 @@ class Waiters:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
+    async def probe(self, began: float, stop: asyncio.Event) -> None:
+        """GET /api/v1/models (static, no database) every 0.5 s: how long the API process
+        takes to answer anything, i.e. how busy its event loop is."""
+        conn = load.Connection(*self.target)
+        models = load.build("GET", f"{self.target[0]}:{self.target[1]}", "/api/v1/models")
+        while not stop.is_set():
+            sent = time.perf_counter()
+            try:
+                await asyncio.wait_for(conn.send(models), 30)
+                self.probes.append((sent - began, 1000 * (time.perf_counter() - sent)))
+            except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError):
+                conn.close()
+                self.probes.append((sent - began, None))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), 0.5)
+        conn.close()
+
     async def run(self, target: tuple[str, int], requests: list[load.Request]) -> dict[str, Any]:
         assert self.serve is not None
         self.target = target
@@ -342,6 +360,7 @@ class Waiters:
         self.started_at = datetime.now(UTC).isoformat(timespec="milliseconds")
         began = time.monotonic()
         watcher = asyncio.create_task(self.monitor(db, admin, user_ids, began, stop))
+        prober = asyncio.create_task(self.probe(began, stop))
         tasks = []
         timeout = self.upstream_s + 120
         try:
@@ -365,6 +384,7 @@ class Waiters:
         finally:
             stop.set()
             await watcher
+            await prober
             for t in tasks:
                 t.cancel()
             await db.close()
@@ -415,6 +435,18 @@ class Waiters:
                         "rss_kb_per_waiter": round((rss - mem_before["rss"]) / waiting, 2),
                         "pss_kb_per_waiter": round((pss - mem_before["pss"]) / waiting, 2)})
         ramp_samples = [s for s in samples if s["t"] <= ramp_s] or samples
+        answering = next((s["t"] for s in samples if s["finished"] > 0), None)
+        phases = {"ramp": (0, ramp_s),
+                  "quiet": (quiet["samples"][0]["t"], quiet["samples"][-1]["t"]) if quiet
+                  else None, "answering": (answering, float("inf")) if answering else None}
+        out["probe_ms_get_models"] = {"failed": sum(1 for _, ms in self.probes if ms is None)}
+        for name, span in phases.items():
+            got = sorted(ms for t, ms in self.probes
+                         if span and ms is not None and span[0] <= t <= span[1])
+            if got:
+                out["probe_ms_get_models"][name] = {
+                    "p50": round(load.percentile(got, 50) or 0, 1),
+                    "p99": round(load.percentile(got, 99) or 0, 1), "max": round(got[-1], 1)}
         kinds = {k for s in ramp_samples for k in s["backends"]}
         out["backends_mean_during_ramp"] = {
             k: round(sum(s["backends"].get(k, 0) for s in ramp_samples) / len(ramp_samples), 1)

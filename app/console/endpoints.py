@@ -279,7 +279,8 @@ async def generate(request: Request, rt: RuntimeDep, viewer: ViewerDep) -> Respo
                                          error=exc.message, form=fields)
     generation_id = accepted.generation.id
     await generations.wait_until_final(rt.reader, rt.queue, generation_id,
-                                       min(PLAYGROUND_WAIT_S, rt.settings.sync_timeout_s))
+                                       min(PLAYGROUND_WAIT_S, rt.settings.sync_timeout_s),
+                                       direct=rt.direct)
     return redirect(f"/playground?generation={generation_id}")
 
 

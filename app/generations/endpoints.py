@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
 
+from app.credits import service as credits
 from app.credits.schemas import Balance
 from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep, SessionDep
 from app.errors import ApiError, ErrorCode, GenerationFailed, ServiceUnavailable
@@ -64,7 +65,8 @@ async def create_generation(request: Request, response: Response, principal: Cur
     if wanted.is_async:  # answered from what was just written
         assert accepted.balance is not None
         return respond(rt, response, accepted.generation, [], accepted.balance)
-    await generations.wait_until_final(rt.reader, rt.queue, generation_id, wait_s)
+    await generations.wait_until_final(rt.reader, rt.queue, generation_id, wait_s,
+                                       direct=rt.direct)
     return await answer(rt, response, generation_id, principal.user.id)
 
 
@@ -72,7 +74,8 @@ async def answer(rt: Runtime, response: Response, generation_id: str,
                  user_id: str) -> GenerationWithBalance:
     async with rt.reader() as session:
         row, delivered = await generations.get_for_owner(session, generation_id, user_id)
-        balance = await generations.balance_of(session, user_id)
+        balance = (await generations.balance_of(session, user_id) if rt.direct is None
+                   else await credits.user_balance_direct(rt.direct, user_id))
     return respond(rt, response, row, delivered, balance)
 
 

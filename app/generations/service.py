@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 from app.config import Settings
 from app.credits import service as credits
 from app.credits.schemas import Balance
-from app.db import utcnow
+from app.db import DirectPool, utcnow
 from app.errors import ErrorCode, IdempotencyConflict, NotCancelable, NotFound
 from app.generations.request import GenerationInput
 from app.ids import new_id
@@ -339,8 +339,12 @@ async def status_of(session: AsyncSession, generation_id: str) -> GenerationStat
     return await session.scalar(select(Generation.status).where(Generation.id == generation_id))
 
 
+STATUS_SQL = "SELECT status FROM generations WHERE id = $1"
+
+
 async def wait_until_final(reader: async_sessionmaker[AsyncSession], queue: JobQueue,
-                           generation_id: str, timeout: float) -> None:
+                           generation_id: str, timeout: float, *,
+                           direct: DirectPool | None = None) -> None:
     """Sleep until the job announces the end (or `timeout` passes), re-reading the database
     only on a wake-up or every RECHECK_S as a fallback; each read on a short session, so a
     waiting request holds no connection."""
@@ -348,8 +352,12 @@ async def wait_until_final(reader: async_sessionmaker[AsyncSession], queue: JobQ
     deadline = loop.time() + timeout
     with queue.watch(generation_id) as watch:
         while True:
-            async with reader() as session:
-                status = await status_of(session, generation_id)
+            if direct is not None:  # PostgreSQL, without a session
+                row = await direct.fetchrow(STATUS_SQL, generation_id)
+                status = GenerationStatus(row["status"]) if row is not None else None
+            else:
+                async with reader() as session:
+                    status = await status_of(session, generation_id)
             if status is not None and status.is_final:
                 return
             remaining = deadline - loop.time()

@@ -99,7 +99,7 @@ async def respond(request: Request, rt: Runtime, principal: Principal, wanted: O
                    wait_s=rt.settings.openai_wait_s),
             media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
     await generations.wait_until_final(rt.reader, rt.queue, generation_id,
-                                       rt.settings.openai_wait_s)
+                                       rt.settings.openai_wait_s, direct=rt.direct)
     async with rt.reader() as session:
         row, delivered = await generations.get_for_owner(session, generation_id,
                                                          principal.user.id)
