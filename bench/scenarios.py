@@ -54,7 +54,7 @@ class Plan:
     l_waiters: int = 5_000
     l_upstream_s: float = 60.0
     l_ramp_s: float = 30.0  # the waiters are sent over this long (slower if the API lags)
-    l_ramp_max_s: float = 120.0  # and no longer than this
+    l_ramp_max_s: float = 90.0  # and no longer than this
     l_count_statements: bool = True  # the API's PostgreSQL traffic through a counting relay
 
     @classmethod

@@ -200,6 +200,17 @@ def build_waiters(r: dict[str, Any], report: Report) -> None:
     report.add("L", "DB transactions per waiter-second, all processes (workers' heartbeats "
                "incl.)", quiet.get("db_transactions_per_waiter_s"),
                ratio_=ratio(quiet.get("db_transactions_per_waiter_s"), fallback))
+    report.add("L", "API SQL statements per sync request (+ BEGIN/COMMIT/ROLLBACK)",
+               w.get("api_statements_per_request"))
+    probe = (w.get("probe_ms_get_models") or {}).get("answering") or {}
+    report.add("L", "GET /models ms while answering (the API's loop), p99", probe.get("p99"))
+    ramp = w.get("cpu_s_ramp") or {}
+    if ramp.get("seconds"):
+        workers = sum(v for k, v in ramp.items() if k.startswith("worker "))
+        report.add("L", "cores busy during the ramp: API process", ramp.get("api", 0) /
+                   ramp["seconds"])
+        report.add("L", f"cores busy during the ramp: {w['workers']} workers (holding jobs)",
+                   workers / ramp["seconds"])
 
 
 def _mb(kb: float | None) -> float | None:

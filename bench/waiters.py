@@ -7,10 +7,12 @@ HTTP/1.1 connection per request (asyncio streams, bench.load.Connection), at a p
 back while more than WINDOW requests are sent but not yet charged (so no request waits for the
 API's database pool longer than its timeout), and reads each answer.
 
-The API process talks to PostgreSQL through PgCounter, a relay that counts the statements it
-sends; the database-wide transaction counter (pg_stat_database, which also counts the workers'
-heartbeats) is sampled as well. A quiet window is the longest stretch in which nothing was
-charged, finished or answered: every charged request is then only waiting.
+The API process talks to PostgreSQL through PgRelay (a process of its own), which counts the
+statements it sends and names its connections in pg_stat_activity; the database-wide
+transaction counter (pg_stat_database, which also counts the workers' heartbeats) is sampled as
+well, and a probe times `GET /api/v1/models` (no database) to tell a busy event loop from a
+busy pool. A quiet window is the longest stretch in which nothing was sent, charged, finished
+or answered: every request is then only waiting.
 """
 
 import asyncio
