@@ -461,9 +461,9 @@ async def scenario_l(b: Bench) -> None:
                        concurrency=4, total=max(20, len(accounts)), quiet=True)
         await asyncio.sleep(1)
         b.upstream_switches(latency_ms=int(plan.l_upstream_s * 1000))
-        print(f"    {n} sync requests over ~{plan.l_ramp_s:.0f} s (at most "
-              f"{waiters.WINDOW} not yet charged), upstream {plan.l_upstream_s:.0f} s; open "
-              f"files limit {limits[0]}", flush=True)
+        print(f"    {n} sync requests over ~{plan.l_ramp_s:.0f} s (not yet charged at most "
+              f"{waiters.WINDOW_S:g} s of charging or {waiters.WINDOW_MIN}), upstream "
+              f"{plan.l_upstream_s:.0f} s; open files limit {limits[0]}", flush=True)
         result = await run.run((target.host, target.port), requests)
     finally:
         await run.stop()

@@ -4,8 +4,9 @@ One `gih serve --workers 1` of its own (the stack's settings, a queue of its own
 `gih worker` processes as it takes to run every generation at once (`GIH_JOB_CONCURRENCY` is at
 most 1000 per worker). The fake upstream answers after `upstream_s`. The client opens one raw
 HTTP/1.1 connection per request (asyncio streams, bench.load.Connection), at a paced rate, held
-back while more than WINDOW requests are sent but not yet charged (so no request waits for the
-API's database pool longer than its timeout), and reads each answer.
+back while more requests are sent but not yet charged than the API charges in WINDOW_S (at
+least WINDOW_MIN; so no request waits for the API's database pool anywhere near its 10 s
+timeout), and reads each answer.
 
 The API process talks to PostgreSQL through PgRelay (a process of its own), which counts the
 statements it sends and names its connections in pg_stat_activity; the database-wide
@@ -36,10 +37,12 @@ from bench import load, procs
 from bench.stack import ADMIN_URL, Account, Stack, stop_group, wait_for_log
 from tests.fakes.processes import GIH, app_env, free_port, start_serve
 
-WINDOW = 50  # requests sent but not yet charged, at most (the API's pool waits 10 s at most)
+WINDOW_MIN, WINDOW_S = 50, 3.0  # sent, not yet charged: at most 3 s of charging, or 50
 LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20)
 MAX_JOBS_PER_WORKER = 1000  # app/config.py: job_concurrency le=1000
-WORKER_DB_POOL = 4  # per waiter worker (+ half as overflow): PostgreSQL allows 100 in all
+# Per waiter worker (+ 1 overflow, + the direct pool's): PostgreSQL allows 100 connections in
+# all, and the stack's own API processes and worker keep theirs open (up to ~15 each).
+WORKER_DB_POOL = 3
 SSL_REQUEST, GSS_REQUEST = (80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big")
 APPLICATION_NAME = b"bench-waiters-api"
 CONTROL = (b"BEGIN", b"COMMIT", b"ROLLBACK", b"START", b"END", b"SAVEPOINT", b"RELEASE")
@@ -207,6 +210,8 @@ class Waiters:
     answers: list[Answer] = field(default_factory=list)
     samples: list[dict[str, Any]] = field(default_factory=list)
     charged: int = 0
+    window: int = WINDOW_MIN
+    failed: int = 0  # answered with an error: no longer waiting to be charged
     target: tuple[str, int] = ("127.0.0.1", 0)
     started_at: str = ""
     probes: list[tuple[float, float | None]] = field(default_factory=list)
@@ -278,8 +283,10 @@ class Waiters:
                     answer.completed_at = datetime.fromisoformat(done).timestamp()
             else:
                 answer.error = f"{status}: {body[:200].decode(errors='replace')}"
+                self.failed += 1
         except (OSError, asyncio.IncompleteReadError, ValueError, TimeoutError) as exc:
             answer.got, answer.error = time.time(), repr(exc)[:200]
+            self.failed += 1
         finally:
             conn.close()
 
@@ -294,7 +301,8 @@ class Waiters:
         # statement, waiting for a lock, or idle inside a transaction (waiting for their client).
         activity_sql = ("SELECT CASE WHEN application_name = $2 THEN 'api' ELSE 'other' END || "
                         "' ' || CASE WHEN wait_event_type = 'Lock' THEN 'lock' "
-                        "WHEN state = 'active' THEN 'active' ELSE state END, count(*) "
+                        "WHEN state = 'active' THEN 'active' "
+                        "ELSE coalesce(state, 'unknown') END, count(*) "
                         "FROM pg_stat_activity WHERE datname = $1 GROUP BY 1")
         trees = [procs.Tree("api", self.serve.pid), *(procs.Tree(f"worker {i}", w.pid)
                                                      for i, w in enumerate(self.workers))]
@@ -309,16 +317,21 @@ class Waiters:
                 cpu["client"] = round(usage.ru_utime + usage.ru_stime, 2)
             n += 1
             counts = dict(await db.fetch(counts_sql, user_ids))
+            now = round(time.monotonic() - began, 2)
             xacts = await admin.fetchval(stats_sql, self.stack.db_name)
-            activity = dict(await admin.fetch(activity_sql, self.stack.db_name,
-                                              APPLICATION_NAME.decode()))
+            activity = {str(k): v for k, v in await admin.fetch(
+                activity_sql, self.stack.db_name, APPLICATION_NAME.decode())}
             mem = procs.memory_kb(self.serve.pid)
             statements, control = await self.relay.counts() if self.relay else (None, None)
             self.charged = sum(counts.values())
+            earlier = next((p for p in reversed(self.samples) if p["t"] <= now - 2), None)
+            if earlier is not None:  # the charge rate over the last 2 s or so
+                rate = (self.charged - earlier["charged"]) / (now - earlier["t"])
+                self.window = max(WINDOW_MIN, int(WINDOW_S * rate))
             sent = sum(1 for a in self.answers if a.sent)
             answered = sum(1 for a in self.answers if a.got)
             self.samples.append({
-                "t": round(time.monotonic() - began, 2), "sent": sent, "answered": answered,
+                "t": now, "sent": sent, "answered": answered,
                 "waiting": sent - answered,
                 "charged": self.charged, "running": counts.get("running", 0),
                 "finished": sum(v for k, v in counts.items() if k not in ("queued", "running")),
@@ -372,7 +385,8 @@ class Waiters:
                     now = time.monotonic()
                     if now - began > self.ramp_max_s:
                         break
-                    if now >= due and i - (self.charged - before) < WINDOW:
+                    pending = i - (self.charged - before) - self.failed
+                    if now >= due and pending < self.window:
                         break
                     await asyncio.sleep(min(0.05, max(0.001, due - now)))
                 if time.monotonic() - began > self.ramp_max_s:
