@@ -14,7 +14,6 @@ import asyncio
 import os
 import re
 import shutil
-import subprocess
 import sys
 from collections import Counter
 from pathlib import Path
@@ -73,7 +72,9 @@ def summarize(text: str, top: int = 12) -> tuple[int, Counter[str], Counter[str]
         by_bucket[bucket_of(frames[-1][1])] += count
         seen = set()
         for func, file in frames:
-            if file.startswith("app/") and (file, func) not in seen:
+            # app/cli/ only wraps the process (`gih worker`): every sample is below it
+            if file.startswith("app/") and not file.startswith("app/cli/") \
+                    and (file, func) not in seen:
                 seen.add((file, func))
                 ours[f"{file.removeprefix('app/')}:{func}"] += count
     return sum(c for _, c in stacks), by_bucket, Counter(dict(ours.most_common(top)))
