@@ -42,7 +42,7 @@ LAG_BUCKETS_S = (0.1, 0.25, 0.5, 1, 2, 5, 10, 15, 20)
 MAX_JOBS_PER_WORKER = 1000  # app/config.py: job_concurrency le=1000
 # Per waiter worker (+ 1 overflow, + the direct pool's): PostgreSQL allows 100 connections in
 # all, and the stack's own API processes and worker keep theirs open (up to ~15 each).
-WORKER_DB_POOL = 3
+WORKER_DB_POOL = 4
 SSL_REQUEST, GSS_REQUEST = (80877103).to_bytes(4, "big"), (80877104).to_bytes(4, "big")
 APPLICATION_NAME = b"bench-waiters-api"
 CONTROL = (b"BEGIN", b"COMMIT", b"ROLLBACK", b"START", b"END", b"SAVEPOINT", b"RELEASE")
