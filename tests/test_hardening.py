@@ -16,6 +16,7 @@ from PIL import Image
 
 from tests.conftest import Client, bearer, make_settings, running_client
 from tests.fakes.processes import GIH, app_env, start_serve
+from tests.waiting import wait_until_async
 
 BASE = {"model": "gpt-image-2", "prompt": "a lighthouse at dusk", "size": "1024x1024"}
 
@@ -77,7 +78,9 @@ async def test_references_are_deleted_when_the_generation_ends(tmp_path: Path,
                    ("reference_image", ("b.png", png(), "image/png"))])
         assert response.status_code == 200, response.text
         gen_id = response.json()["id"]
-        assert not list(images.rglob("reference-*"))
+        # deleted by the job's last step, which may end just after the answer went out
+        await wait_until_async(lambda: not list(images.rglob("reference-*")), timeout=10,
+                               what="the references deleted")
         assert [p.name for p in images.rglob("*.png")] == ["0.png"]  # the delivered image
         assert (await client.http.get(response.json()["images"][0]["url"])).status_code == 200
         async with client.session() as session:

@@ -110,7 +110,14 @@ async def test_metrics_move_after_a_generation_a_refund_and_a_4xx(
         bad = await client.http.post("/api/v1/images/generations", headers=bearer(key),
                                      json={"model": "gpt-image-2", "prompt": "x", "n": 9})
         assert bad.status_code == 400
-        after = (await client.http.get("/metrics")).text
+
+        async def metrics_once_the_jobs_are_done() -> str | None:
+            # a job's last steps may end just after its answer went out
+            text = (await client.http.get("/metrics")).text
+            return text if "gih_queue_depth 0" in text else None
+
+        after = await wait_until_async(metrics_once_the_jobs_are_done, timeout=10,
+                                       what="gih_queue_depth 0")
     route = "/api/v1/images/generations"
 
     def moved(name: str, **labels: str) -> float:
