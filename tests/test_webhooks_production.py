@@ -51,6 +51,15 @@ def hooks_db_url() -> Iterator[str]:
         yield url
 
 
+@pytest.fixture
+def own_hooks_db_url() -> Iterator[str]:
+    """For a test that runs its own worker: not even this module's worker may sweep its
+    events (it would take over the attempt the test is about)."""
+    with fresh_database("hooks") as url:
+        yield url
+        audit_and_no_pending_event(url)
+
+
 def hooks_env(prod_env: dict[str, str], database_url: str) -> dict[str, str]:
     return own_queue_env(prod_env, GIH_DATABASE_URL=database_url,
                          GIH_WEBHOOK_ALLOW_PRIVATE="true", GIH_WEBHOOK_RETRY_DELAYS_S="0.5",
@@ -106,11 +115,11 @@ async def test_succeeded_and_failed_generations_are_delivered_by_the_worker(
 
 
 async def test_canceled_generation_is_delivered_by_the_worker(
-        prod_env: dict[str, str], hooks_db_url: str, prod_sdk_env: None, receiver: Receiver,
-        tmp_path: Path) -> None:
+        prod_env: dict[str, str], own_hooks_db_url: str, prod_sdk_env: None,
+        receiver: Receiver, tmp_path: Path) -> None:
     """No worker yet on this queue: the generation stays queued, is canceled by the API
     (which queues the delivery), and a worker started afterwards delivers it."""
-    env = hooks_env(prod_env, hooks_db_url)
+    env = hooks_env(prod_env, own_hooks_db_url)
     async with running_client(settings_from_env(env)) as client:
         _, key = await client.user_with_key(100)
         queued = await submit(client, key, webhook_url=receiver.url(), **{"async": True})
@@ -167,13 +176,13 @@ async def test_410_and_timeouts(prod: Client, receiver: Receiver) -> None:
 
 
 async def test_worker_killed_mid_delivery_delivers_after_restart(
-        prod_env: dict[str, str], hooks_db_url: str, prod_sdk_env: None, receiver: Receiver,
-        tmp_path: Path) -> None:
+        prod_env: dict[str, str], own_hooks_db_url: str, prod_sdk_env: None,
+        receiver: Receiver, tmp_path: Path) -> None:
     """SIGKILL while the generation is final and its event is being sent: the attempt holds
     the event for its lease (the timeout + 15 s); once that has passed, the restarted worker's
     sweep sends it again, with the same webhook-id."""
     # time enough to kill it
-    env = {**hooks_env(prod_env, hooks_db_url), "GIH_WEBHOOK_TIMEOUT_S": "5"}
+    env = {**hooks_env(prod_env, own_hooks_db_url), "GIH_WEBHOOK_TIMEOUT_S": "5"}
     worker = WorkerProcess(env, tmp_path / "worker.log").start()
     try:
         async with running_client(settings_from_env(env)) as client:
