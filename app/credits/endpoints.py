@@ -17,7 +17,7 @@ router = APIRouter(prefix="/api/v1", tags=["credits"])
 async def get_credits(principal: CurrentPrincipal, rt: RuntimeDep) -> CreditBalance:
     """The caller's balance, plan label and the next credits to expire."""
     if rt.direct is not None:
-        balance = await credits.balance_direct(rt.direct, principal.user)
+        balance = await credits.user_balance_direct(rt.direct, principal.user.id)
     else:
         async with rt.reader() as reader:
             balance = await credits.balance(reader, principal.user)

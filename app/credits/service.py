@@ -7,6 +7,7 @@ Writers lock the user's row first; that serialises all movements of one user.
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import TypeVar
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -97,18 +98,10 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
     user.credits -= amount
     movement = _movement(session, user, LedgerKind.CHARGE, -amount, now,
                          generation_id=generation_id, note=note)
-    left = amount
-    for lot in lots:
-        take = min(left, lot.remaining)
-        lot.remaining -= take
+    for lot, take in _drain(lots, amount, user.id):
         session.add(CreditLedgerEntry(user_id=user.id, lot_id=lot.id, generation_id=generation_id,
                                       kind=LedgerKind.CHARGE, amount=-take, note=note,
                                       created_at=now, movement=movement))
-        left -= take
-        if left == 0:
-            break
-    if left:  # users.credits disagrees with the lots: refuse rather than overdraw
-        raise RuntimeError(f"ledger inconsistent for user {user.id}: lots short by {left}")
     await session.flush()
     return Balance(credits=user.credits, account_type=user.account_type,
                    next_expiration=_next_expiration(lots))
@@ -147,6 +140,9 @@ class _OpenLot:
     expires_at: datetime | None
 
 
+Lot = TypeVar("Lot", CreditLot, _OpenLot)
+
+
 async def _charge_direct(session: AsyncSession, user_id: str, amount: int, *,
                          generation_id: str | None, note: str | None) -> Balance | None:
     # Through the session first: that opens its transaction if nothing has yet (the driver
@@ -166,22 +162,29 @@ async def _charge_direct(session: AsyncSession, user_id: str, amount: int, *,
         raise InsufficientCredits(
             f"this request needs {amount} credits; the balance is {user['credits']}",
             credits_required=amount, credits_available=user["credits"])
-    lot_ids, takes, left = [], [], amount
-    for lot in lots:
-        take = min(left, lot.remaining)
-        lot.remaining -= take
-        lot_ids.append(lot.id)
-        takes.append(take)
-        left -= take
-        if left == 0:
-            break
-    if left:  # users.credits disagrees with the lots: refuse rather than overdraw
-        raise RuntimeError(f"ledger inconsistent for user {user_id}: lots short by {left}")
+    drained = _drain(lots, amount, user_id)
+    lot_ids, takes = [lot.id for lot, _ in drained], [take for _, take in drained]
     after = user["credits"] - amount
     await connection.execute(CHARGE_WRITES_SQL, user_id, -amount, after, generation_id, note,
                              now, lot_ids, takes)
     return Balance(credits=after, account_type=user["account_type"],
                    next_expiration=_next_expiration(lots))
+
+
+def _drain(lots: list[Lot], amount: int, user_id: str) -> list[tuple[Lot, int]]:
+    """Take `amount` from the lots in their order (soonest-expiring first): each lot touched
+    and what it gave."""
+    taken, left = [], amount
+    for lot in lots:
+        take = min(left, lot.remaining)
+        lot.remaining -= take
+        taken.append((lot, take))
+        left -= take
+        if left == 0:
+            break
+    if left:  # users.credits disagrees with the lots: refuse rather than overdraw
+        raise RuntimeError(f"ledger inconsistent for user {user_id}: lots short by {left}")
+    return taken
 
 
 def _expired(lot: CreditLot | _OpenLot, now: datetime) -> bool:
@@ -285,18 +288,7 @@ async def balance(session: AsyncSession, user: User) -> Balance:
     return _live(user, list(rows.tuples()))
 
 
-# The same read on PostgreSQL without the ORM (`app.db.DirectPool`).
-DATED_LOTS_SQL = (
-    "SELECT expires_at, sum(remaining) FROM credit_lots"
-    " WHERE user_id = $1 AND remaining > 0 AND expires_at IS NOT NULL"
-    " GROUP BY expires_at ORDER BY expires_at")
-
-
-async def balance_direct(db: DirectPool, user: User) -> Balance:
-    rows = await db.fetch(DATED_LOTS_SQL, user.id)
-    return _live(user, [(row[0], row[1]) for row in rows])
-
-
+# The same read on PostgreSQL without the ORM (`app.db.DirectPool`), by user id.
 USER_BALANCE_SQL = (
     "SELECT u.credits, u.account_type, l.expires_at, l.credits AS dated FROM users u"
     " LEFT JOIN LATERAL (SELECT expires_at, sum(remaining) AS credits FROM credit_lots"
