@@ -37,6 +37,11 @@ Runner = Callable[[str, int], Awaitable[None]]
 Call = Callable[[], Awaitable[None]]  # a job of another kind, run in-process
 
 
+def wake_channel(queue_name: str) -> str:
+    """Where an enqueue tells idle `gih worker`s that a job is due (worker/wakeable.py)."""
+    return queue_name + ":wake"
+
+
 def job_id(generation_id: str, attempt: int) -> str:
     return f"gen:{generation_id}:{attempt}"
 
@@ -77,20 +82,36 @@ class JobQueue(Protocol):
 
 
 class Watch:
-    """Set when the generation it watches is announced; register before checking its state."""
+    """Set when the generation it watches is announced; register before checking its state.
+    A future and a timer per wait (not `asyncio.wait_for`, which makes a task each time): a
+    waiting request costs as little memory as it can (docs/performance.md, scenario L)."""
+
+    __slots__ = ("waiters", "generation_id", "woken", "_future")
 
     def __init__(self, waiters: "Waiters", generation_id: str) -> None:
         self.waiters = waiters
         self.generation_id = generation_id
-        self.event = asyncio.Event()
+        self.woken = False
+        self._future: asyncio.Future[None] | None = None
+
+    def set(self) -> None:
+        self.woken = True
+        if self._future is not None and not self._future.done():
+            self._future.set_result(None)
 
     async def wait(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self.event.wait(), timeout)
-        except TimeoutError:
-            return False
-        self.event.clear()
-        return True
+        """True when woken (since the last wait), False when `timeout` passed first."""
+        if not self.woken:
+            loop = asyncio.get_running_loop()
+            future = self._future = loop.create_future()
+            timer = loop.call_later(timeout, _expire, future)
+            try:
+                await future
+            finally:
+                timer.cancel()
+                self._future = None
+        woken, self.woken = self.woken, False
+        return woken
 
     def __enter__(self) -> "Watch":
         self.waiters.by_id[self.generation_id].add(self)
@@ -104,6 +125,11 @@ class Watch:
                 del self.waiters.by_id[self.generation_id]
 
 
+def _expire(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 class Waiters:
     """Requests waiting for generations to finish, by generation id."""
 
@@ -115,13 +141,13 @@ class Waiters:
 
     def wake(self, generation_id: str) -> None:
         for watch in self.by_id.get(generation_id, ()):
-            watch.event.set()
+            watch.set()
 
     def wake_all(self) -> None:
         """Announcements may have been lost: every waiter re-reads the database now."""
         for watches in self.by_id.values():
             for watch in watches:
-                watch.event.set()
+                watch.set()
 
 
 class InProcessQueue:
@@ -227,11 +253,13 @@ class InProcessQueue:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-# KEYS: the job's key, its result's key, the queue; ARGV: expiry (ms), job, score, job id.
+# KEYS: the job's key, its result's key, the queue; ARGV: expiry (ms), job, score, job id, and
+# the channel that wakes idle workers ("" for a deferred job: nothing to wake them for yet).
 ENQUEUE_SCRIPT = """
 if redis.call('exists', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('psetex', KEYS[1], ARGV[1], ARGV[2])
 redis.call('zadd', KEYS[3], ARGV[3], ARGV[4])
+if ARGV[5] ~= '' then redis.call('publish', ARGV[5], '1') end
 return 1
 """
 
@@ -282,7 +310,8 @@ class ArqQueue:
                        defer_s: float = 0) -> None:
         """arq's `enqueue_job` in one round trip (it takes three: WATCH, EXISTS, MULTI/EXEC):
         the same job record and queue entry, written by a Lua script, so just as atomic; a job
-        id that is queued, running or has a result is left alone."""
+        id that is queued, running or has a result is left alone. A job due now also wakes
+        the idle workers, which would otherwise find it at their next poll."""
         from arq.constants import job_key_prefix, result_key_prefix
         from arq.jobs import serialize_job
         from redis.exceptions import RedisError
@@ -296,7 +325,8 @@ class ArqQueue:
                 self._enqueue_script = redis.register_script(ENQUEUE_SCRIPT)
             await self._enqueue_script(
                 keys=[job_key_prefix + job_id, result_key_prefix + job_id, self.queue_name],
-                args=[score - now_ms + redis.expires_extra_ms, job, score, job_id])
+                args=[score - now_ms + redis.expires_extra_ms, job, score, job_id,
+                      "" if defer_s > 0 else wake_channel(self.queue_name)])
         except (RedisError, OSError) as exc:
             raise QueueUnavailable(f"Redis: {exc}") from exc
 

@@ -2,7 +2,7 @@
 
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 
@@ -16,6 +16,8 @@ from app.db import (
     create_sessionmaker,
     transaction,
 )
+from app.generations.heartbeats import Heartbeats
+from app.generations.waiting import StatusReads, create_status_reads
 from app.providers import ImageProvider, create_provider
 from app.queue import ArqQueue, InProcessQueue, JobQueue
 from app.storage import create_storage
@@ -33,12 +35,20 @@ class Runtime:
     catalog: Catalog
     queue: JobQueue
     secret: bytes
+    statuses: StatusReads  # waiting requests' status re-reads, batched
     direct: DirectPool | None = None  # PostgreSQL's hottest statements, without SQLAlchemy
+    heartbeats: Heartbeats = field(default_factory=Heartbeats)  # of the jobs running here
     _provider: ImageProvider | None = None
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session in one transaction, committed when the block ends (`app.db.transaction`)."""
         return transaction(self.sessionmaker)
+
+    def statement(self) -> AbstractAsyncContextManager[AsyncSession]:
+        """A session for one writing statement (or several, each standing alone): on
+        PostgreSQL it commits on its own (no BEGIN and COMMIT round trips); SQLite keeps a
+        transaction (its BEGIN IMMEDIATE hook must see one)."""
+        return self.transaction() if self.settings.is_sqlite else self.reader()
 
     @property
     def provider(self) -> ImageProvider:
@@ -59,11 +69,13 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
         queue = (ArqQueue(settings.redis_url, queue_name=settings.queue_name)
                  if settings.redis_url
                  else InProcessQueue(settings.job_concurrency, grace_s=settings.shutdown_grace_s))
+    reader = create_reader(engine)
+    direct = create_direct_pool(settings)
     return Runtime(
         settings=settings,
         engine=engine,
         sessionmaker=create_sessionmaker(engine),
-        reader=create_reader(engine),
+        reader=reader,
         storage=create_storage(settings),
         make_provider=lambda: create_provider(
             settings.provider_name, timeout_s=settings.provider_timeout_s,
@@ -71,12 +83,14 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
         catalog=load_catalog(settings.catalog_path),
         queue=queue,
         secret=settings.hashing_secret(),
-        direct=create_direct_pool(settings),
+        statuses=create_status_reads(reader, direct),
+        direct=direct,
     )
 
 
 async def close_runtime(runtime: Runtime) -> None:
     await runtime.queue.close()
+    await runtime.heartbeats.close()
     await runtime.close_provider()
     if runtime.direct is not None:
         await runtime.direct.close()

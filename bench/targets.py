@@ -141,7 +141,7 @@ FALLBACK_SLACK = 1.1  # the API's reads per waiter-second may reach 1/RECHECK_S,
 
 def recheck_s() -> float:
     try:
-        from app.generations.service import RECHECK_S
+        from app.generations.waiting import RECHECK_S
     except ImportError:
         return 15.0
     return float(RECHECK_S)

@@ -26,7 +26,7 @@ from app.credits import service as credits
 from app.db import utcnow
 from app.deps import ReaderDep, RuntimeDep
 from app.errors import ApiError, NotCancelable, NotFound
-from app.generations import flow, jobs, listing
+from app.generations import flow, jobs, listing, waiting
 from app.generations import service as generations
 from app.generations.request import parse_input, read_body
 from app.generations.schemas import Generation
@@ -278,9 +278,8 @@ async def generate(request: Request, rt: RuntimeDep, viewer: ViewerDep) -> Respo
             return await playground_page(request, rt, viewer, status=exc.status,
                                          error=exc.message, form=fields)
     generation_id = accepted.generation.id
-    await generations.wait_until_final(rt.reader, rt.queue, generation_id,
-                                       min(PLAYGROUND_WAIT_S, rt.settings.sync_timeout_s),
-                                       direct=rt.direct)
+    await waiting.wait_until_final(rt.statuses, rt.queue, generation_id,
+                                   min(PLAYGROUND_WAIT_S, rt.settings.sync_timeout_s))
     return redirect(f"/playground?generation={generation_id}")
 
 

@@ -10,7 +10,7 @@ from app.credits import service as credits
 from app.credits.schemas import Balance
 from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep, SessionDep
 from app.errors import ApiError, ErrorCode, GenerationFailed, ServiceUnavailable
-from app.generations import flow, jobs, listing, prefer
+from app.generations import flow, jobs, listing, prefer, waiting
 from app.generations import service as generations
 from app.generations.request import check_idempotency_key, parse_input, read_body
 from app.generations.schemas import (
@@ -65,8 +65,7 @@ async def create_generation(request: Request, response: Response, principal: Cur
     if wanted.is_async:  # answered from what was just written
         assert accepted.balance is not None
         return respond(rt, response, accepted.generation, [], accepted.balance)
-    await generations.wait_until_final(rt.reader, rt.queue, generation_id, wait_s,
-                                       direct=rt.direct)
+    await waiting.wait_until_final(rt.statuses, rt.queue, generation_id, wait_s)
     return await answer(rt, response, generation_id, principal.user.id)
 
 

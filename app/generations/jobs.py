@@ -11,7 +11,6 @@ import contextlib
 import logging
 import tempfile
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -37,7 +36,7 @@ REFERENCE_CLEANUP_AFTER = timedelta(minutes=1)
 
 async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     started = time.perf_counter()
-    async with rt.transaction() as session:
+    async with rt.statement() as session:  # one UPDATE ... RETURNING (+ its references)
         claimed = await generations.claim(session, generation_id, attempt)
     if claimed is None:
         log.info("generation %s: attempt %s has nothing to do", generation_id, attempt)
@@ -67,10 +66,23 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
                    code=ErrorCode.SERVICE_UNAVAILABLE, retryable=True, attempt=attempt,
                    started=started)
     else:
-        async with rt.transaction() as session:
-            final = await generations.finish_succeeded(session, generation_id, result.images,
-                                                       keys, result.usage)
+        final = await finish_succeeded(rt, generation_id, result, keys)
         await conclude(rt, generation_id, final, attempt=attempt, started=started)
+
+
+async def finish_succeeded(rt: Runtime, generation_id: str, result: ImageResult,
+                           keys: list[str]) -> Generation | None:
+    """Every image delivered, no webhook: one statement on PostgreSQL (the common case);
+    anything else (a refund owed, an event to record, already final) in a transaction."""
+    if rt.direct is not None:
+        async with rt.statement() as session:
+            final = await generations.finish_all_delivered(session, generation_id,
+                                                           result.images, keys, result.usage)
+        if final is not None:
+            return final
+    async with rt.transaction() as session:
+        return await generations.finish_succeeded(session, generation_id, result.images,
+                                                  keys, result.usage)
 
 
 async def fail(rt: Runtime, generation_id: str, message: str, *,
@@ -88,11 +100,12 @@ async def conclude(rt: Runtime, generation_id: str, final: Generation | None, *,
                    started: float | None = None) -> None:
     """After a finishing transaction: wake the waiting requests, count and log the outcome
     (when this call made it final), and delete what the final generation no longer needs."""
+    if final is not None:  # logged first: once announced, the answer may be read at once
+        elapsed = time.perf_counter() - started if started is not None else 0.0
+        log_outcome(rt, final, attempt, elapsed)
     await announce(rt, generation_id)
     if final is not None:
         await webhooks.dispatch(rt, generation_id)
-        elapsed = time.perf_counter() - started if started is not None else 0.0
-        log_outcome(rt, final, attempt, elapsed)
         if final.reference_count:
             await discard_references(rt, final.id)
     if final is None or final.credits_refunded:  # some images (maybe stored) not delivered
@@ -142,28 +155,16 @@ def log_outcome(rt: Runtime, generation: Generation, attempt: int, elapsed: floa
     log.info("generation %s %s", generation.id, generation.status, extra=fields)
 
 
-@contextlib.asynccontextmanager
-async def heartbeat(rt: Runtime, generation_id: str) -> AsyncIterator[None]:
-    """Keep `heartbeat_at` fresh while the job works, so the sweep leaves it alone."""
+def heartbeat(rt: Runtime, generation_id: str) -> contextlib.AbstractAsyncContextManager[None]:
+    """Keep `heartbeat_at` fresh while the job works, so the sweep leaves it alone: with every
+    other job of this process, in one statement per interval."""
+    return rt.heartbeats.hold(generation_id, lambda ids: beat_all(rt, ids),
+                              min(HEARTBEAT_S, rt.settings.stale_after_s / 3))
 
-    interval = min(HEARTBEAT_S, rt.settings.stale_after_s / 3)
 
-    async def beat() -> None:
-        while True:
-            await asyncio.sleep(interval)
-            try:
-                async with rt.transaction() as session:
-                    await generations.beat(session, generation_id)
-            except Exception as exc:  # the database may be briefly away; keep trying
-                log.warning("heartbeat of %s failed: %s", generation_id, exc)
-
-    task = asyncio.create_task(beat())
-    try:
-        yield
-    finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
+async def beat_all(rt: Runtime, generation_ids: list[str]) -> None:
+    async with rt.statement() as session:
+        await generations.beat(session, generation_ids)
 
 
 async def discard_undelivered(rt: Runtime, generation_id: str) -> None:

@@ -6,18 +6,18 @@ Finishing locks the generation row and does nothing if it is already final, so a
 twice never refunds twice.
 """
 
-import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, literal, select, update
+from sqlalchemy import delete, func, literal, select, text, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from app.config import Settings
 from app.credits import service as credits
 from app.credits.schemas import Balance
-from app.db import DirectPool, utcnow
+from app.db import utcnow
 from app.errors import ErrorCode, IdempotencyConflict, NotCancelable, NotFound
 from app.generations.request import GenerationInput
 from app.ids import new_id
@@ -32,10 +32,8 @@ from app.models import (
     User,
 )
 from app.providers.base import GeneratedImage
-from app.queue import JobQueue
 from app.webhooks import service as webhooks
 
-RECHECK_S = 15.0  # a waiting request re-reads the database this often if no wake-up comes
 GENERATION_ID = "gen_"
 
 
@@ -162,12 +160,15 @@ async def references_of(session: AsyncSession, generation_id: str) -> list[Refer
         .order_by(ReferenceImage.index)))
 
 
-async def beat(session: AsyncSession, generation_id: str) -> None:
-    """Refresh the heartbeat of a running generation, so the sweep leaves it alone."""
-    await session.execute(
-        update(Generation)
-        .where(Generation.id == generation_id, Generation.status == GenerationStatus.RUNNING)
-        .values(heartbeat_at=utcnow()))
+async def beat(session: AsyncSession, generation_ids: list[str]) -> None:
+    """Refresh the heartbeat of these generations where they still run, so the sweep leaves
+    them alone."""
+    for start in range(0, len(generation_ids), 500):
+        await session.execute(
+            update(Generation)
+            .where(Generation.id.in_(generation_ids[start:start + 500]),
+                   Generation.status == GenerationStatus.RUNNING)
+            .values(heartbeat_at=utcnow()))
 
 
 async def finish_succeeded(session: AsyncSession, generation_id: str,
@@ -199,6 +200,57 @@ async def finish_succeeded(session: AsyncSession, generation_id: str,
     generation.input_tokens, generation.output_tokens = token_counts(usage)
     generation.completed_at = now
     await webhooks.record_final(session, generation)
+    return generation
+
+
+# PostgreSQL: a job's usual end, every image delivered and no webhook, as one statement (no
+# refund is owed, no event recorded). The UPDATE's WHERE re-checks the status under the row
+# lock, so a cancel or another attempt that ended it first leaves this with nothing to do.
+FINISH_ALL_DELIVERED = text("""
+WITH g AS (
+    UPDATE generations
+    SET status = 'succeeded', provider_usage = CAST(:usage AS json),
+        input_tokens = :input_tokens, output_tokens = :output_tokens,
+        completed_at = CAST(:now AS timestamptz)
+    WHERE id = :id AND status IN ('queued', 'running') AND n = :delivered
+      AND webhook_url IS NULL
+    RETURNING {columns}
+), added AS (
+    INSERT INTO generation_images (id, generation_id, "index", storage_key, width, height,
+                                   content_type, byte_size, created_at)
+    SELECT i.id, g.id, i.number, i.storage_key, i.width, i.height, i.content_type,
+           i.byte_size, CAST(:now AS timestamptz)
+    FROM g, unnest(CAST(:image_ids AS text[]), CAST(:numbers AS int[]),
+                   CAST(:storage_keys AS text[]), CAST(:widths AS int[]),
+                   CAST(:heights AS int[]), CAST(:content_types AS text[]),
+                   CAST(:byte_sizes AS int[]))
+         AS i(id, number, storage_key, width, height, content_type, byte_size)
+)
+SELECT * FROM g
+""".format(columns=", ".join(f'"{c.name}"' for c in Generation.__table__.columns))
+).columns(*Generation.__table__.columns)
+
+
+async def finish_all_delivered(session: AsyncSession, generation_id: str,
+                               images: list[GeneratedImage], keys: list[str],
+                               usage: dict[str, object] | None) -> Generation | None:
+    """`finish_succeeded` where every image came and there is no webhook, in one statement
+    (PostgreSQL); None when that is not the case (or it is final already): the caller then
+    finishes it in a transaction."""
+    if not images:
+        return None
+    input_tokens, output_tokens = token_counts(usage)
+    generation = await session.scalar(
+        select(Generation).from_statement(FINISH_ALL_DELIVERED)
+        .execution_options(populate_existing=True),
+        {"id": generation_id, "delivered": len(images), "now": utcnow(),
+         "usage": None if usage is None else json.dumps(usage),
+         "input_tokens": input_tokens, "output_tokens": output_tokens,
+         "image_ids": [new_id("img") for _ in images], "numbers": list(range(len(images))),
+         "storage_keys": keys[:len(images)], "widths": [i.width for i in images],
+         "heights": [i.height for i in images],
+         "content_types": [i.content_type for i in images],
+         "byte_sizes": [len(i.data) for i in images]})
     return generation
 
 
@@ -337,30 +389,3 @@ async def balance_of(session: AsyncSession, user_id: str) -> Balance:
 
 async def status_of(session: AsyncSession, generation_id: str) -> GenerationStatus | None:
     return await session.scalar(select(Generation.status).where(Generation.id == generation_id))
-
-
-STATUS_SQL = "SELECT status FROM generations WHERE id = $1"
-
-
-async def wait_until_final(reader: async_sessionmaker[AsyncSession], queue: JobQueue,
-                           generation_id: str, timeout: float, *,
-                           direct: DirectPool | None = None) -> None:
-    """Sleep until the job announces the end (or `timeout` passes), re-reading the database
-    only on a wake-up or every RECHECK_S as a fallback; each read on a short session, so a
-    waiting request holds no connection."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    with queue.watch(generation_id) as watch:
-        while True:
-            if direct is not None:  # PostgreSQL, without a session
-                row = await direct.fetchrow(STATUS_SQL, generation_id)
-                status = GenerationStatus(row["status"]) if row is not None else None
-            else:
-                async with reader() as session:
-                    status = await status_of(session, generation_id)
-            if status is not None and status.is_final:
-                return
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                return
-            await watch.wait(min(remaining, RECHECK_S))

@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import CurrentPrincipal, RuntimeDep
 from app.errors import GenerationPending, NotFound
-from app.generations import flow
+from app.generations import flow, waiting
 from app.generations import service as generations
 from app.generations.endpoints import failure
 from app.generations.request import read_body
@@ -98,8 +98,8 @@ async def respond(request: Request, rt: Runtime, principal: Principal, wanted: O
             events(rt, generation_id, principal.user.id, kind=kind,
                    wait_s=rt.settings.openai_wait_s),
             media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
-    await generations.wait_until_final(rt.reader, rt.queue, generation_id,
-                                       rt.settings.openai_wait_s, direct=rt.direct)
+    await waiting.wait_until_final(rt.statuses, rt.queue, generation_id,
+                                   rt.settings.openai_wait_s)
     async with rt.reader() as session:
         row, delivered = await generations.get_for_owner(session, generation_id,
                                                          principal.user.id)

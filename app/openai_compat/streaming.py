@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from app.generations import service as generations
+from app.generations import waiting
 from app.generations.endpoints import failure
 from app.models import Generation, GenerationImage, GenerationStatus
 from app.openai_compat.errors import error_type
@@ -102,8 +103,7 @@ async def events(rt: Runtime, generation_id: str, user_id: str, *, kind: str,
         row, _ = await generations.get_for_owner(session, generation_id, user_id)
     with rt.queue.watch(generation_id) as watch:
         while True:
-            async with rt.reader() as session:
-                status = await generations.status_of(session, generation_id)
+            status = await rt.statuses.status(generation_id)
             partials, cursor = await rt.queue.partials_after(generation_id, cursor)
             for partial in partials:
                 yield sse({"type": f"{kind}.partial_image", "b64_json": partial["b64_json"],
@@ -120,7 +120,7 @@ async def events(rt: Runtime, generation_id: str, user_id: str, *, kind: str,
                                   poll_url=f"{rt.settings.base_url}/api/v1/generations/"
                                            f"{generation_id}")
                 return
-            await watch.wait(min(remaining, generations.RECHECK_S))
+            await watch.wait(min(remaining, waiting.RECHECK_S))
     async with rt.reader() as session:
         row, images = await generations.get_for_owner(session, generation_id, user_id)
     if row.status != GenerationStatus.SUCCEEDED:
