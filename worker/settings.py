@@ -1,8 +1,10 @@
 """The arq worker (`gih worker`): runs generation jobs, webhook deliveries and the sweep."""
 
 import asyncio
+import contextlib
 import logging
 import socket
+import time
 from typing import Any, ClassVar
 
 from arq.connections import RedisSettings
@@ -21,8 +23,21 @@ settings = get_settings()
 
 
 async def run_generation(ctx: dict[str, Any], generation_id: str, attempt: int) -> None:
-    """Named as app.queue.JOB_FUNCTION: the name the API enqueues."""
-    await run_generation_job(ctx["runtime"], generation_id, attempt)
+    """Named as app.queue.JOB_FUNCTION: the name the API enqueues.
+
+    The job leaves the queue's sorted set as it starts (arq keeps it there until it ends, and
+    every poll of every worker re-checks each running job in three round trips: with 1,000
+    jobs waiting on a slow upstream, the workers did little else). What arq's entry was for is
+    kept: a job cut off by a shutdown goes back into the queue, to run again; a worker that
+    dies leaves a running generation whose heartbeat goes stale, and the sweep re-enqueues it."""
+    redis, key = ctx["redis"], ctx["job_id"]
+    await redis.zrem(settings.queue_name, key)
+    try:
+        await run_generation_job(ctx["runtime"], generation_id, attempt)
+    except asyncio.CancelledError:
+        with contextlib.suppress(Exception):
+            await redis.zadd(settings.queue_name, {key: int(time.time() * 1000)})
+        raise
 
 
 async def deliver_webhook(ctx: dict[str, Any], event_id: str, attempt: int) -> None:

@@ -81,10 +81,11 @@ def worker(
                         "runs jobs in-process)")
     if problems:
         raise Failure("invalid configuration:\n  - " + "\n  - ".join(problems), 2)
-    from arq.worker import check_health, run_worker
+    from arq.worker import check_health, get_kwargs
 
     from app.ops import logs
     from worker.settings import WorkerSettings
+    from worker.wakeable import WakeableWorker
 
     if check:
         raise typer.Exit(check_health(WorkerSettings))  # type: ignore[arg-type]
@@ -97,7 +98,8 @@ def worker(
         except OSError as exc:  # another worker on this host has the port: run without
             logging.getLogger("gih.worker").warning(
                 "metrics not served on port %s: %s", cfg.worker_metrics_port, exc)
-    run_until_stopped(lambda: run_worker(WorkerSettings))  # type: ignore[arg-type]
+    kwargs: dict[str, Any] = get_kwargs(WorkerSettings)  # type: ignore[arg-type]
+    run_until_stopped(lambda: WakeableWorker(**kwargs).run())
 
 
 def run_until_stopped(run: Any, backoff_s: float = 2.0) -> None:

@@ -114,11 +114,13 @@ async def wait_all_final(pg_url: str, ids: list[str], timeout: float, prod_env: 
     return statuses
 
 
-async def blocked_by(pg_url: str, lock: "RowLock") -> bool:
-    """Some session waits for the row lock `lock` holds."""
+async def blocked_by(pg_url: str, lock: "RowLock", statement: str = "") -> bool:
+    """Some session waits for the row lock `lock` holds (in a statement containing
+    `statement`: a heartbeat may wait for it too)."""
     assert lock.conn is not None
     rows = await sql(pg_url, "SELECT count(*) FROM pg_stat_activity "
-                             "WHERE $1 = ANY(pg_blocking_pids(pid))", lock.conn.get_server_pid())
+                             "WHERE $1 = ANY(pg_blocking_pids(pid)) AND strpos(query, $2) > 0",
+                     lock.conn.get_server_pid(), statement)
     return rows[0][0] > 0
 
 
@@ -527,8 +529,15 @@ async def test_worker_killed_between_storing_images_and_finishing(prod, worker, 
         await wait_for(lambda: asyncio.to_thread(lambda: len(stored_objects(s3, gen_id)) == 4),
                        "four stored images")
         # the job now waits for its finishing row lock
-        await wait_for(lambda: blocked_by(pg_url, lock), "the finish waiting for the row lock")
+        await wait_for(lambda: blocked_by(pg_url, lock, "generation_images"),
+                       "the finish waiting for the row lock")
         await asyncio.to_thread(worker.kill)
+        # The finish is one statement that commits on its own: sent before the kill, it would
+        # still run once the lock goes (as if the worker had died just after it). A server
+        # that notices its client is gone drops it; here it is dropped at once, so attempt 1
+        # dies with its images stored and its generation unfinished.
+        await sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                          "WHERE $1 = ANY(pg_blocking_pids(pid))", lock.conn.get_server_pid())
         await lock.release()
         assert len(await asyncio.to_thread(stored_objects, s3, gen_id)) == 4  # attempt 1's
         await asyncio.to_thread(openai_fake.configure, fewer_images=1)
