@@ -35,9 +35,10 @@ class Supervisor:
         self.stopping = False
 
     def run(self) -> None:
-        import boto3  # noqa: F401  (imported by S3 storage at start: shared as well)
-
         import app.main  # noqa: F401  (the modules every worker shares)
+        from app.storage import s3
+
+        s3.preload()  # the S3 model every worker would parse at start (~14 MB): shared too
 
         socket = self.config.bind_socket()
         gc.collect()
