@@ -253,6 +253,38 @@ class InProcessQueue:
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
+async def listen_forever(redis: Any, on_message: Callable[[str], None], *,
+                         channels: tuple[str, ...] = (), patterns: tuple[str, ...] = (),
+                         on_resubscribed: Callable[[], None] | None = None,
+                         what: str) -> None:
+    """Call `on_message(channel)` for every message on `channels` or `patterns`, until
+    cancelled; a lost connection is re-opened a second later (then `on_resubscribed()`)."""
+    lost = False
+    while True:
+        pubsub = redis.pubsub()
+        try:
+            if channels:
+                await pubsub.subscribe(*channels)
+            if patterns:
+                await pubsub.psubscribe(*patterns)
+            if lost and on_resubscribed is not None:
+                on_resubscribed()
+            lost = False
+            async for message in pubsub.listen():
+                if message.get("type") in ("message", "pmessage"):
+                    channel = message["channel"]
+                    on_message(channel.decode() if isinstance(channel, bytes) else channel)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # Redis went away: what relies on this has a fallback
+            lost = True
+            log.warning("%s lost Redis (%s); reconnecting", what, exc)
+            await asyncio.sleep(1)
+        finally:
+            with contextlib.suppress(Exception):
+                await pubsub.aclose()
+
+
 # KEYS: the job's key, its result's key, the queue; ARGV: expiry (ms), job, score, job id, and
 # the channel that wakes idle workers ("" for a deferred job: nothing to wake them for yet).
 ENQUEUE_SCRIPT = """
@@ -370,31 +402,14 @@ class ArqQueue:
         return self.waiters.watch(generation_id)
 
     async def _listen(self) -> None:
-        """One subscription per process for every waiting request; reconnects on failure."""
-        lost = False
-        while True:
-            pubsub = self.redis.pubsub()
-            try:
-                await pubsub.psubscribe(DONE_CHANNEL + "*", PARTIALS_KEY + "*")
-                if lost:  # what was announced while we were away is gone: re-check now
-                    self.waiters.wake_all()
-                    lost = False
-                async for message in pubsub.listen():
-                    if message.get("type") == "pmessage":
-                        channel = message["channel"]
-                        if isinstance(channel, bytes):
-                            channel = channel.decode()
-                        self.waiters.wake(channel.removeprefix(DONE_CHANNEL)
-                                          .removeprefix(PARTIALS_KEY))
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis went away: waiters fall back to their DB re-check
-                lost = True
-                log.warning("completion listener lost Redis (%s); reconnecting", exc)
-                await asyncio.sleep(1)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """One subscription per process for every waiting request; what was announced while
+        Redis was away is gone, so every waiter re-checks the database on reconnecting."""
+        await listen_forever(
+            self.redis,
+            lambda channel: self.waiters.wake(channel.removeprefix(DONE_CHANNEL)
+                                              .removeprefix(PARTIALS_KEY)),
+            patterns=(DONE_CHANNEL + "*", PARTIALS_KEY + "*"),
+            on_resubscribed=self.waiters.wake_all, what="completion listener")
 
     @property
     def redis(self) -> "ArqRedis":

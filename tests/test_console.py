@@ -115,9 +115,7 @@ async def test_cancel_a_queued_generation_from_its_page(any_db) -> None:
                                         data={"csrf_token": csrf_of(page.text)})
         assert again.headers["location"].endswith("notice=not-cancelable")
         assert 'data-testid="balance">100<' in (await browser.get("/credits")).text
-    async with rt.sessionmaker() as session:
-        status = await generations.status_of(session, generation_id)
-    assert status == GenerationStatus.CANCELED
+    assert await rt.statuses.status(generation_id) == GenerationStatus.CANCELED
     assert not await audit_problems(make_settings(rt.settings.database_url))
 
 

@@ -6,15 +6,12 @@ delay: the poll still runs (deferred jobs and retries are found by it, as before
 
 import asyncio
 import contextlib
-import logging
 from typing import Any
 
 from arq.utils import to_seconds
 from arq.worker import Worker
 
-from app.queue import wake_channel
-
-log = logging.getLogger("gih.worker")
+from app.queue import listen_forever, wake_channel
 
 
 class WakeableWorker(Worker):
@@ -36,22 +33,9 @@ class WakeableWorker(Worker):
             await asyncio.wait_for(self._wake.wait(), self.idle_s)
 
     async def _listen(self) -> None:
-        channel = wake_channel(self.queue_name)
-        while True:
-            pubsub = self.pool.pubsub()
-            try:
-                await pubsub.subscribe(channel)
-                async for message in pubsub.listen():
-                    if message.get("type") == "message":
-                        self._wake.set()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:  # Redis away: the poll goes on at its own pace
-                log.warning("wake-up channel lost (%s); polling every %.2f s", exc, self.idle_s)
-                await asyncio.sleep(1)
-            finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+        """Until cancelled; with Redis away the poll goes on at its own pace."""
+        await listen_forever(self.pool, lambda _channel: self._wake.set(),
+                             channels=(wake_channel(self.queue_name),), what="worker wake-up")
 
     async def close(self) -> None:
         if self._listener is not None:

@@ -18,6 +18,7 @@ import os
 import signal
 import sys
 import time
+import traceback
 from typing import Any
 
 import uvicorn
@@ -68,8 +69,8 @@ class Supervisor:
             try:
                 uvicorn.Server(self.config).run(sockets=[socket])
             except BaseException:
+                traceback.print_exc()  # os._exit below would swallow it
                 code = 1
-                raise
             finally:
                 sys.stdout.flush()
                 sys.stderr.flush()

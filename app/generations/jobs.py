@@ -74,7 +74,7 @@ async def finish_succeeded(rt: Runtime, generation_id: str, result: ImageResult,
                            keys: list[str]) -> Generation | None:
     """Every image delivered, no webhook: one statement on PostgreSQL (the common case);
     anything else (a refund owed, an event to record, already final) in a transaction."""
-    if rt.direct is not None:
+    if not rt.settings.is_sqlite:
         async with rt.statement() as session:
             final = await generations.finish_all_delivered(session, generation_id,
                                                            result.images, keys, result.usage)

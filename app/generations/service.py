@@ -387,5 +387,3 @@ async def balance_of(session: AsyncSession, user_id: str) -> Balance:
     return await credits.balance(session, user)
 
 
-async def status_of(session: AsyncSession, generation_id: str) -> GenerationStatus | None:
-    return await session.scalar(select(Generation.status).where(Generation.id == generation_id))

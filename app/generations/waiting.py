@@ -29,7 +29,6 @@ class StatusReads:
         self.fetch = fetch
         self.wanted: dict[str, list[asyncio.Future[GenerationStatus | None]]] = {}
         self.reading: asyncio.Task[None] | None = None
-        self.statements = 0  # how many reads went out (tests, bench)
 
     async def status(self, generation_id: str) -> GenerationStatus | None:
         future: asyncio.Future[GenerationStatus | None] = (
@@ -48,7 +47,6 @@ class StatusReads:
             for start in range(0, len(ids), BATCH_MAX):
                 chunk = ids[start:start + BATCH_MAX]
                 try:
-                    self.statements += 1
                     found = {key: GenerationStatus(status) for key, status
                              in await self.fetch(chunk)}
                 except Exception as exc:  # each waiter gets the error, as its own read would
