@@ -114,14 +114,23 @@ async def wait_all_final(pg_url: str, ids: list[str], timeout: float, prod_env: 
     return statuses
 
 
-async def blocked_by(pg_url: str, lock: "RowLock", statement: str = "") -> bool:
-    """Some session waits for the row lock `lock` holds (in a statement containing
-    `statement`: a heartbeat may wait for it too)."""
+async def blocked_by(pg_url: str, lock: "RowLock") -> bool:
+    """Some session waits for the row lock `lock` holds."""
     assert lock.conn is not None
     rows = await sql(pg_url, "SELECT count(*) FROM pg_stat_activity "
-                             "WHERE $1 = ANY(pg_blocking_pids(pid)) AND strpos(query, $2) > 0",
-                     lock.conn.get_server_pid(), statement)
+                             "WHERE $1 = ANY(pg_blocking_pids(pid))", lock.conn.get_server_pid())
     return rows[0][0] > 0
+
+
+# The finishing statement of a job: the one-statement finish, or the transaction's locked read.
+# (It may wait behind a heartbeat that waits for the lock: its blocker is then the heartbeat.)
+FINISH_WAITING = ("FROM pg_stat_activity WHERE datname = current_database() "
+                  "AND wait_event_type = 'Lock' "
+                  "AND (strpos(query, 'WITH g AS') > 0 OR strpos(query, 'FOR UPDATE') > 0)")
+
+
+async def finish_waiting(pg_url: str) -> bool:
+    return (await sql(pg_url, "SELECT count(*) " + FINISH_WAITING))[0][0] > 0
 
 
 def stored_objects(s3, generation_id: str) -> list[str]:
@@ -529,15 +538,13 @@ async def test_worker_killed_between_storing_images_and_finishing(prod, worker, 
         await wait_for(lambda: asyncio.to_thread(lambda: len(stored_objects(s3, gen_id)) == 4),
                        "four stored images")
         # the job now waits for its finishing row lock
-        await wait_for(lambda: blocked_by(pg_url, lock, "generation_images"),
-                       "the finish waiting for the row lock")
+        await wait_for(lambda: finish_waiting(pg_url), "the finish waiting for the row lock")
         await asyncio.to_thread(worker.kill)
         # The finish is one statement that commits on its own: sent before the kill, it would
         # still run once the lock goes (as if the worker had died just after it). A server
         # that notices its client is gone drops it; here it is dropped at once, so attempt 1
         # dies with its images stored and its generation unfinished.
-        await sql(pg_url, "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                          "WHERE $1 = ANY(pg_blocking_pids(pid))", lock.conn.get_server_pid())
+        await sql(pg_url, "SELECT pg_terminate_backend(pid) " + FINISH_WAITING)
         await lock.release()
         assert len(await asyncio.to_thread(stored_objects, s3, gen_id)) == 4  # attempt 1's
         await asyncio.to_thread(openai_fake.configure, fewer_images=1)
