@@ -5,9 +5,10 @@ with the lot and the user's cached balance (`users.credits`), so the three alway
 Writers lock the user's row first; that serialises all movements of one user.
 """
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -285,15 +286,24 @@ async def balance(session: AsyncSession, user: User) -> Balance:
                CreditLot.expires_at.is_not(None))
         .group_by(CreditLot.expires_at)
         .order_by(CreditLot.expires_at))
-    return _live(user, list(rows.tuples()))
+    return _live(user.credits, user.account_type, list(rows.tuples()))
 
 
-# The same read on PostgreSQL without the ORM (`app.db.DirectPool`), by user id.
-USER_BALANCE_SQL = (
-    "SELECT u.credits, u.account_type, l.expires_at, l.credits AS dated FROM users u"
-    " LEFT JOIN LATERAL (SELECT expires_at, sum(remaining) AS credits FROM credit_lots"
-    " WHERE user_id = u.id AND remaining > 0 AND expires_at IS NOT NULL"
-    " GROUP BY expires_at) l ON true WHERE u.id = $1 ORDER BY l.expires_at")
+def with_dated_lots(sql: str) -> str:
+    """`sql` (a statement whose rows carry `user_id` and the user's `credits` and
+    `account_type`) joined to the sums of the user's open dated lots by expiry, soonest first:
+    the balance in the same round trip as what the request reads anyway (e.g. the key lookup).
+    `balance_of_rows` reads its rows."""
+    return (
+        "SELECT s.*, l.expires_at AS lot_expires_at, l.credits AS lot_credits FROM (" + sql +
+        ") s LEFT JOIN LATERAL (SELECT expires_at, sum(remaining) AS credits FROM credit_lots"
+        " WHERE user_id = s.user_id AND remaining > 0 AND expires_at IS NOT NULL"
+        " GROUP BY expires_at) l ON true ORDER BY l.expires_at")
+
+
+# The read of `balance` on PostgreSQL without the ORM (`app.db.DirectPool`), by user id.
+USER_BALANCE_SQL = with_dated_lots(
+    "SELECT id AS user_id, credits, account_type FROM users WHERE id = $1")
 
 
 async def user_balance_direct(db: DirectPool, user_id: str) -> Balance:
@@ -301,24 +311,29 @@ async def user_balance_direct(db: DirectPool, user_id: str) -> Balance:
     rows = await db.fetch(USER_BALANCE_SQL, user_id)
     if not rows:
         raise NotFound(f"no user {user_id}")
-    user = User(id=user_id, credits=rows[0]["credits"], account_type=rows[0]["account_type"])
-    return _live(user, [(row["expires_at"], row["dated"]) for row in rows
-                        if row["expires_at"] is not None])
+    return balance_of_rows(rows)
 
 
-def _live(user: User, dated: list[tuple[datetime | None, int]]) -> Balance:
+def balance_of_rows(rows: Sequence[Mapping[str, Any]]) -> Balance:
+    """The balance from the rows of a `with_dated_lots` statement (all of one user)."""
+    return _live(rows[0]["credits"], rows[0]["account_type"],
+                 [(row["lot_expires_at"], row["lot_credits"]) for row in rows])
+
+
+def _live(credits: int, account_type: str,
+          dated: list[tuple[datetime | None, int]]) -> Balance:
     """The balance from the cached total and the open lots' sums by expiry, soonest first."""
     now = utcnow()
     expired = 0
     upcoming = None
-    for expires_at, credits in dated:
+    for expires_at, lot_credits in dated:
         if expires_at is None:
             continue
         if expires_at <= now:
-            expired += credits
+            expired += lot_credits
         elif upcoming is None:
-            upcoming = NextExpiration(credits=int(credits), expires_at=expires_at)
-    return Balance(credits=user.credits - expired, account_type=user.account_type,
+            upcoming = NextExpiration(credits=int(lot_credits), expires_at=expires_at)
+    return Balance(credits=credits - expired, account_type=account_type,
                    next_expiration=upcoming)
 
 

@@ -10,6 +10,7 @@ import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+import asyncpg
 from sqlalchemy import or_, select
 from sqlalchemy import update as update_rows
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -170,10 +171,20 @@ TOUCH_SQL = ("UPDATE api_keys SET last_used_at = $2"
 
 async def authenticate_direct(db: DirectPool, authorization: str | None, *,
                               secret: bytes) -> Principal:
+    principal, _ = await authenticate_direct_with(db, authorization, LOOKUP_SQL, secret=secret)
+    return principal
+
+
+async def authenticate_direct_with(db: DirectPool, authorization: str | None, sql: str, *,
+                                   secret: bytes) -> tuple[Principal, list[asyncpg.Record]]:
+    """Authenticate by `sql`, LOOKUP_SQL or a statement built on it whose rows start with its
+    columns (one row or more, all of the same key), so a read the request needs next rides in
+    the same round trip; the caller and every row."""
     key_hash = hash_key(raw_key_of(authorization), secret)
-    row = await db.fetchrow(LOOKUP_SQL, key_hash)
-    if row is None:
+    rows = await db.fetch(sql, key_hash)
+    if not rows:
         raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
+    row = rows[0]
     user = User(id=row["user_id"], email=row["email"], account_type=row["account_type"],
                 credits=row["credits"], created_at=row["created_at"],
                 role=UserRole(row["role"]), disabled_at=row["disabled_at"])
@@ -185,7 +196,7 @@ async def authenticate_direct(db: DirectPool, authorization: str | None, *,
     if stale:
         now = utcnow()
         await db.execute(TOUCH_SQL, row["id"], now, now - LAST_USED_RESOLUTION)
-    return principal
+    return principal, rows
 
 
 def raw_key_of(authorization: str | None) -> str:

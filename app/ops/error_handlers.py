@@ -53,6 +53,10 @@ def answer(path: str, failure: Failure) -> JSONResponse:
     return envelope(failure)
 
 
+def failure_of(exc: ApiError) -> Failure:
+    return Failure(exc.status, exc.code, exc.message, exc.headers(), exc.extra, exc.retry)
+
+
 def error_response(status: int, code: str, message: str, *,
                    headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
     """The contract's envelope, for answers that are errors by design (e.g. /readyz)."""
@@ -76,8 +80,7 @@ def _describe_validation(exc: RequestValidationError) -> tuple[str, str | None]:
 def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return answer(request.url.path, Failure(exc.status, exc.code, exc.message,
-                                                exc.headers(), exc.extra, exc.retry))
+        return answer(request.url.path, failure_of(exc))
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,0 +1,60 @@
+"""Routes answered ahead of FastAPI's router, as plain ASGI, for the hottest reads on PostgreSQL
+(`Runtime.direct`): no dependency graph, no exit stacks, no response-model validation of what we
+built ourselves. The FastAPI route of the same path stays (the OpenAPI document, and SQLite);
+`tests/test_fast_routes.py` holds both to the same answers.
+
+A handler takes the request's scope and the runtime and returns the JSON body of a 200, or raises
+an `ApiError`, shaped here exactly as FastAPI's handler shapes it. Anything else escapes to
+`RequestMiddleware` (inside which this runs: request id, log line, metrics, HEAD as GET).
+"""
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from app.errors import ApiError
+from app.ops.error_handlers import answer, failure_of
+from app.runtime import Runtime
+
+Handler = Callable[[Scope, Runtime], Awaitable[bytes]]
+JSON_HEADERS = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True)
+class FastRoute:
+    path: str  # the route label of metrics and logs, as a Starlette route's `path`
+    handler: Handler
+
+
+def header(scope: Scope, name: bytes) -> str | None:
+    """A request header's first value (`name` in lower case), as Starlette reads it."""
+    for key, value in scope["headers"]:
+        if key == name:
+            text: str = value.decode("latin-1")
+            return text
+    return None
+
+
+class FastRoutes:
+    def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Handler]) -> None:
+        self.app = app
+        self.routes = {key: FastRoute(key[1], handler) for key, handler in routes.items()}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        route = (self.routes.get((scope["method"], scope["path"]))
+                 if scope["type"] == "http" else None)
+        runtime: Runtime | None = (getattr(scope["app"].state, "runtime", None)
+                                   if route is not None else None)
+        if route is None or runtime is None or runtime.direct is None:
+            await self.app(scope, receive, send)
+            return
+        scope["route"] = route
+        try:
+            body = await route.handler(scope, runtime)
+        except ApiError as exc:
+            await answer(scope["path"], failure_of(exc))(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200, "headers": [
+            (b"content-length", str(len(body)).encode()), JSON_HEADERS]})
+        await send({"type": "http.response.body", "body": body})
