@@ -78,7 +78,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     register_surface("/v1", openai_errors.shape)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
     # inside RequestMiddleware (the last added is the outermost)
-    app.add_middleware(FastRoutes, routes={("GET", "/api/v1/credits"): credits.get_credits_fast})
+    app.add_middleware(FastRoutes, routes={
+        ("GET", "/api/v1/credits"): credits.get_credits_fast,
+        ("GET", "/api/v1/generations/{generation_id}"): generations.get_generation_fast})
     app.add_middleware(RequestMiddleware)
     for router in (catalog.router, credits.router, generations.router, openai_compat.router,
                    webhooks.router, files.router, health.router):

@@ -118,7 +118,7 @@ def report(title: str, texts: dict[str, str], cpu_ms: dict[str, float]) -> list[
 
 async def scenario(b, name: str, seconds: float, out: Path) -> list[str]:
     from bench import load
-    from bench.scenarios import cycle
+    from bench.scenarios import cycle, get
 
     sync = name == "B"
     b.upstream_switches(**({"image_kb": 200} if sync else {}))
@@ -133,6 +133,10 @@ async def scenario(b, name: str, seconds: float, out: Path) -> list[str]:
 
     make = cycle(b.posts(is_async=not sync))
     expected = {200} if sync else {202}
+    if name == "D":  # GET /api/v1/generations/{id}, one of each user's (made by `prepare`)
+        make = cycle([get(b.ours, f"/api/v1/generations/{b.generation_ids[a.key]}", a.key)
+                      for a in b.accounts])
+        expected = {200}
     await load.run(f"{name} warm-up", b.ours.host, b.ours.port, make, expected=expected,
                    concurrency=50, duration_s=2, quiet=True)
     cpu0 = {n: cpu_seconds(p) for n, p in pids.items()}
@@ -142,10 +146,11 @@ async def scenario(b, name: str, seconds: float, out: Path) -> list[str]:
     texts = await record(pids, seconds, folder)
     result = await loading
     cpu_ms = {n: 1000 * (cpu_seconds(p) - cpu0[n]) / max(1, result.ok) for n, p in pids.items()}
-    if not sync:
+    if name == "A":
         await b.drain(name)
-    what = ("A: async submits, c=50" if not sync
-            else "B: sync generations, 200 KB images, 0 ms upstream, c=50")
+    what = {"A": "A: async submits, c=50",
+            "B": "B: sync generations, 200 KB images, 0 ms upstream, c=50",
+            "D": "D: GET /api/v1/generations/{id}, c=50"}[name]
     return report(f"{what}; {result.ok} answered, {result.ok / result.elapsed_s:.1f}/s", texts,
                   cpu_ms)
 
@@ -154,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=8, help="recording per scenario")
-    parser.add_argument("--scenarios", default="A,B", help="A, B or both (default A,B)")
+    parser.add_argument("--scenarios", default="A,B",
+                        help="A, B, D (GET a generation), comma-separated (default A,B)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "profiles")
     args = parser.parse_args(argv)
     os.chdir(REPO)

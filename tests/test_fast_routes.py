@@ -1,5 +1,7 @@
-"""GET /api/v1/credits on PostgreSQL is answered ahead of FastAPI's router (app/ops/fast_routes.py):
-the same answers, byte for byte, as the FastAPI route it shortcuts, errors and HEAD included."""
+"""GET /api/v1/credits and GET /api/v1/generations/{id} on PostgreSQL are answered ahead of
+FastAPI's router (app/ops/fast_routes.py): the same answers, byte for byte, as the FastAPI routes
+they shortcut, errors and HEAD included; and the sync answer read in one statement
+(app/generations/reads.py) is the one the session read gives."""
 
 import contextlib
 from collections.abc import AsyncIterator
@@ -11,22 +13,28 @@ from sqlalchemy import update
 
 from app.credits import service as credits
 from app.db import utcnow
+from app.errors import NotFound
+from app.generations import reads
+from app.generations import service as generations
 from app.main import create_app
-from app.models import ApiKey, CreditLot, User
+from app.models import ApiKey, CreditLot, Generation, GenerationImage, GenerationStatus, User
 from app.ops.fast_routes import FastRoutes
 from tests.conftest import Client, bearer, make_settings
 
 PATH = "/api/v1/credits"
+GENERATION = "/api/v1/generations/{generation_id}"
+FAST_PATHS = (PATH, GENERATION)
 
 
 @contextlib.asynccontextmanager
 async def app_client(pg_url: str, *, fast: bool, router: bool) -> AsyncIterator[Client]:
-    """The app with or without its fast routes, with or without FastAPI's route of PATH."""
+    """The app with or without its fast routes, with or without FastAPI's routes of them."""
     app = create_app(make_settings(pg_url))
     if not fast:
         app.user_middleware = [m for m in app.user_middleware if m.cls is not FastRoutes]
     if not router:
-        app.router.routes = [r for r in app.router.routes if getattr(r, "path", "") != PATH]
+        app.router.routes = [r for r in app.router.routes
+                             if getattr(r, "path", "") not in FAST_PATHS]
     async with app.router.lifespan_context(app):
         transport = httpx2.ASGITransport(app=app, raise_app_exceptions=False)
         async with httpx2.AsyncClient(transport=transport, base_url="http://testserver") as http:
@@ -46,8 +54,9 @@ def shown(response: httpx2.Response) -> tuple[int, bytes, dict[str, str]]:
 
 
 async def same_answer(both: tuple[Client, Client], method: str = "GET",
-                      headers: dict[str, str] | None = None) -> httpx2.Response:
-    answers = [await client.http.request(method, PATH, headers=headers) for client in both]
+                      headers: dict[str, str] | None = None, path: str = PATH
+                      ) -> httpx2.Response:
+    answers = [await client.http.request(method, path, headers=headers) for client in both]
     assert shown(answers[0]) == shown(answers[1])
     assert answers[0].headers["x-request-id"]
     return answers[0]
@@ -113,3 +122,81 @@ async def test_use_is_recorded_and_counted_under_the_route(both) -> None:
     metrics = (await fast.http.get("/metrics")).text
     assert f'route="{PATH}"' in metrics
     assert (await fast.http.post(PATH, headers=bearer(key))).status_code == 405
+
+
+async def generate(client: Client, key: str, **fields: object) -> dict:
+    body = {"model": "gpt-image-2", "prompt": "a lighthouse at dusk", **fields}
+    answer = await client.http.post("/api/v1/images/generations", json=body, headers=bearer(key))
+    assert answer.status_code in (200, 202), answer.text
+    return answer.json()
+
+
+async def test_a_generation_is_the_routers_byte_for_byte(both) -> None:
+    fast, slow = both
+    _, key = await fast.user_with_key(100)
+    done = await generate(fast, key, n=2)
+    assert done["status"] == "succeeded" and len(done["images"]) == 2
+    queued = await generate(fast, key, is_async=True)
+    failed = await generate(fast, key)
+    async with fast.session() as session, session.begin():
+        await session.execute(update(Generation).where(Generation.id == failed["id"]).values(
+            status=GenerationStatus.FAILED, error_code="generationFailed",
+            error_message="the provider refused", credits_refunded=Generation.credits_requested))
+    for generation in (done, queued, failed):
+        path = f"/api/v1/generations/{generation['id']}"
+        body = (await same_answer(both, headers=bearer(key), path=path)).json()
+        assert body["id"] == generation["id"]
+    got = (await same_answer(both, headers=bearer(key), path=f"/api/v1/generations/{done['id']}"))
+    assert [image["id"] for image in got.json()["images"]] == [
+        image["id"] for image in done["images"]]
+    assert got.json()["images"] == done["images"]
+    head = await same_answer(both, "HEAD", headers=bearer(key),
+                             path=f"/api/v1/generations/{done['id']}")
+    assert head.status_code == 200 and head.content == b""
+    metrics = (await fast.http.get("/metrics")).text
+    assert f'route="{GENERATION}"' in metrics
+
+
+@pytest.mark.parametrize("generation_id", ["gen_doesnotexist", "nope", "gen_" + "a" * 80,
+                                           "gen_%C3%A9", "gen_x/cancel", ""])
+async def test_unknown_ids_and_other_paths_get_the_routers_answers(both, generation_id) -> None:
+    fast, _ = both
+    _, key = await fast.user_with_key(1)
+    answer = await same_answer(both, headers=bearer(key),
+                               path=f"/api/v1/generations/{generation_id}")
+    assert answer.status_code in (404, 405), answer.text
+
+
+async def test_another_users_generation_is_not_found_and_bad_keys_come_first(both) -> None:
+    fast, _ = both
+    _, owner = await fast.user_with_key(10)
+    _, other = await fast.user_with_key(10)
+    done = await generate(fast, owner)
+    path = f"/api/v1/generations/{done['id']}"
+    assert (await same_answer(both, headers=bearer(other), path=path)).status_code == 404
+    assert (await same_answer(both, headers=bearer("gih_live_x"), path=path)).status_code == 401
+    assert (await same_answer(both, path=path)).status_code == 401
+
+
+async def test_the_sync_answer_in_one_statement_is_the_session_reads(pg: Client) -> None:
+    _, key = await pg.user_with_key(100)
+    user = (await pg.user_with_key(0))[0]
+    done = await generate(pg, key, n=3)
+    runtime = pg.app.state.runtime
+    owner = done["id"]
+    async with pg.session() as session:
+        row = await session.get(Generation, owner)
+        assert row is not None
+        expected_row, expected_images = await generations.get_for_owner(session, row.id,
+                                                                         row.user_id)
+        expected_balance = await generations.balance_of(session, row.user_id)
+    got_row, got_images, got_balance = await reads.answer_of(runtime, row.id, row.user_id)
+    columns = [c.name for c in Generation.__table__.columns]
+    assert ({c: getattr(got_row, c) for c in columns}
+            == {c: getattr(expected_row, c) for c in columns})
+    image_columns = [c.name for c in GenerationImage.__table__.columns]
+    assert ([{c: getattr(i, c) for c in image_columns} for i in got_images]
+            == [{c: getattr(i, c) for c in image_columns} for i in expected_images])
+    assert got_balance == expected_balance
+    with pytest.raises(NotFound):
+        await reads.answer_of(runtime, row.id, user.id)

@@ -5,12 +5,12 @@ from dataclasses import replace
 from typing import Annotated
 
 from fastapi import APIRouter, BackgroundTasks, Header, Query, Request, Response
+from starlette.types import Scope
 
-from app.credits import service as credits
 from app.credits.schemas import Balance
 from app.deps import CurrentPrincipal, ReaderDep, RuntimeDep, SessionDep
 from app.errors import ApiError, ErrorCode, GenerationFailed, ServiceUnavailable
-from app.generations import flow, jobs, listing, prefer, waiting
+from app.generations import flow, jobs, listing, prefer, reads, waiting
 from app.generations import service as generations
 from app.generations.request import check_idempotency_key, parse_input, read_body
 from app.generations.schemas import (
@@ -23,8 +23,10 @@ from app.generations.schemas import (
     GenerationList,
     GenerationWithBalance,
 )
+from app.keys import service as keys
 from app.models import Generation as GenerationRow
 from app.models import GenerationImage, GenerationStatus
+from app.ops.fast_routes import header
 from app.ops.middleware import add_headers, note
 from app.runtime import Runtime
 
@@ -71,10 +73,7 @@ async def create_generation(request: Request, response: Response, principal: Cur
 
 async def answer(rt: Runtime, response: Response, generation_id: str,
                  user_id: str) -> GenerationWithBalance:
-    async with rt.reader() as session:
-        row, delivered = await generations.get_for_owner(session, generation_id, user_id)
-        balance = (await generations.balance_of(session, user_id) if rt.direct is None
-                   else await credits.user_balance_direct(rt.direct, user_id))
+    row, delivered, balance = await reads.answer_of(rt, generation_id, user_id)
     return respond(rt, response, row, delivered, balance)
 
 
@@ -112,6 +111,24 @@ async def get_generation(generation_id: str, request: Request, principal: Curren
     note(request, generation_id=generation_id[:64])
     row, delivered = await generations.get_for_owner(reader, generation_id, principal.user.id)
     return Generation.of(row, delivered, storage=rt.storage, base_url=rt.settings.base_url)
+
+
+async def get_generation_fast(scope: Scope, rt: Runtime) -> bytes:
+    """The same answer on PostgreSQL ahead of FastAPI's router (app/ops/fast_routes.py): the
+    key lookup and the generation with its images in one statement."""
+    assert rt.direct is not None
+    generation_id: str = scope["path_params"]["generation_id"]
+    note(scope, generation_id=generation_id[:64])
+    principal, rows = await keys.authenticate_direct_with(
+        rt.direct, header(scope, b"authorization"), reads.KEY_GENERATION_SQL,
+        generation_id if generations.is_generation_id(generation_id) else None,
+        secret=rt.secret)
+    note(scope, user_id=principal.user.id)
+    if rows[0]["g_id"] is None:
+        raise reads.not_found(generation_id)
+    row, delivered = reads.generation_of(rows[0])
+    return Generation.of(row, delivered, storage=rt.storage,
+                         base_url=rt.settings.base_url).model_dump_json().encode()
 
 
 @router.get("/generations", responses=LIST_RESPONSES)

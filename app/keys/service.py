@@ -175,13 +175,14 @@ async def authenticate_direct(db: DirectPool, authorization: str | None, *,
     return principal
 
 
-async def authenticate_direct_with(db: DirectPool, authorization: str | None, sql: str, *,
-                                   secret: bytes) -> tuple[Principal, list[asyncpg.Record]]:
+async def authenticate_direct_with(db: DirectPool, authorization: str | None, sql: str,
+                                   *args: object, secret: bytes
+                                   ) -> tuple[Principal, list[asyncpg.Record]]:
     """Authenticate by `sql`, LOOKUP_SQL or a statement built on it whose rows start with its
-    columns (one row or more, all of the same key), so a read the request needs next rides in
-    the same round trip; the caller and every row."""
+    columns (one row or more, all of the same key; `$1` the key's hash, `args` from `$2`), so a
+    read the request needs next rides in the same round trip; the caller and every row."""
     key_hash = hash_key(raw_key_of(authorization), secret)
-    rows = await db.fetch(sql, key_hash)
+    rows = await db.fetch(sql, key_hash, *args)
     if not rows:
         raise AuthError(ErrorCode.INVALID_API_KEY, "API key is not valid")
     row = rows[0]

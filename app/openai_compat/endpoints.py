@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from app.deps import CurrentPrincipal, RuntimeDep
 from app.errors import GenerationPending, NotFound
-from app.generations import flow, waiting
+from app.generations import flow, reads, waiting
 from app.generations import service as generations
 from app.generations.endpoints import failure
 from app.generations.request import read_body
@@ -100,10 +100,7 @@ async def respond(request: Request, rt: Runtime, principal: Principal, wanted: O
             media_type="text/event-stream", headers={**headers, "Cache-Control": "no-cache"})
     await waiting.wait_until_final(rt.statuses, rt.queue, generation_id,
                                    rt.settings.openai_wait_s)
-    async with rt.reader() as session:
-        row, delivered = await generations.get_for_owner(session, generation_id,
-                                                         principal.user.id)
-        balance = await generations.balance_of(session, principal.user.id)
+    row, delivered, balance = await reads.answer_of(rt, generation_id, principal.user.id)
     if row.status in (GenerationStatus.FAILED, GenerationStatus.CANCELED):
         raise failure(row)
     if row.status != GenerationStatus.SUCCEEDED:

@@ -37,13 +37,39 @@ def header(scope: Scope, name: bytes) -> str | None:
 
 
 class FastRoutes:
+    """`routes` maps (method, path) to a handler; a path may end in one parameter,
+    `/prefix/{name}`, matched as Starlette matches it (one segment, no `/`) and handed over in
+    `scope["path_params"]`."""
+
     def __init__(self, app: ASGIApp, routes: dict[tuple[str, str], Handler]) -> None:
         self.app = app
-        self.routes = {key: FastRoute(key[1], handler) for key, handler in routes.items()}
+        self.exact: dict[tuple[str, str], FastRoute] = {}
+        self.prefixed: list[tuple[str, str, str, FastRoute]] = []  # method, prefix, name
+        for (method, path), handler in routes.items():
+            route = FastRoute(path, handler)
+            prefix, brace, name = path.partition("{")
+            if brace:
+                self.prefixed.append((method, prefix, name.removesuffix("}"), route))
+            else:
+                self.exact[(method, path)] = route
+
+    def match(self, scope: Scope) -> FastRoute | None:
+        if scope["type"] != "http":
+            return None
+        method, path = scope["method"], scope["path"]
+        route = self.exact.get((method, path))
+        if route is not None:
+            return route
+        for route_method, prefix, name, route in self.prefixed:
+            if method == route_method and path.startswith(prefix):
+                value = path[len(prefix):]
+                if value and "/" not in value:
+                    scope["path_params"] = {name: value}
+                    return route
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        route = (self.routes.get((scope["method"], scope["path"]))
-                 if scope["type"] == "http" else None)
+        route = self.match(scope)
         runtime: Runtime | None = (getattr(scope["app"].state, "runtime", None)
                                    if route is not None else None)
         if route is None or runtime is None or runtime.direct is None:

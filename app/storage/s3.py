@@ -12,6 +12,7 @@ import httpx2
 
 from app.config import Settings
 from app.storage.base import StorageError
+from app.storage.presign import Presigner
 
 log = logging.getLogger("gih.storage")
 
@@ -81,6 +82,8 @@ class S3Storage:
         if settings.s3_presign_endpoint_url:
             self.signer = session.client("s3", endpoint_url=settings.s3_presign_endpoint_url,
                                          config=config, region_name=region)
+        self.presigner = (None if self.public_base_url else Presigner.of(
+            self.signer, session.get_credentials(), self.bucket, self.presign_ttl))
 
     async def _call(self, method: str, **kwargs: object) -> object:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -156,6 +159,8 @@ class S3Storage:
         if self.public_base_url:
             return f"{self.public_base_url}/{key}"
         # Local signing, no network: fresh on every read.
+        if self.presigner is not None:
+            return self.presigner.url(key)
         return self.signer.generate_presigned_url(
             "get_object", Params={"Bucket": self.bucket, "Key": key},
             ExpiresIn=self.presign_ttl)
