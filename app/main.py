@@ -80,7 +80,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # inside RequestMiddleware (the last added is the outermost)
     app.add_middleware(FastRoutes, routes={
         ("GET", "/api/v1/credits"): credits.get_credits_fast,
-        ("GET", "/api/v1/generations/{generation_id}"): generations.get_generation_fast})
+        ("GET", "/api/v1/generations/{generation_id}"): generations.get_generation_fast,
+        ("POST", "/api/v1/images/generations"): generations.create_generation_fast})
     app.add_middleware(RequestMiddleware)
     for router in (catalog.router, credits.router, generations.router, openai_compat.router,
                    webhooks.router, files.router, health.router):

@@ -1,5 +1,6 @@
 """What the API process and the worker share: database, storage, provider, queue, catalog."""
 
+import asyncio
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -39,6 +40,17 @@ class Runtime:
     direct: DirectPool | None = None  # PostgreSQL's hottest statements, without SQLAlchemy
     heartbeats: Heartbeats = field(default_factory=Heartbeats)  # of the jobs running here
     _provider: ImageProvider | None = None
+    _finishing: asyncio.Semaphore | None = None
+
+    @property
+    def finishing(self) -> asyncio.Semaphore:
+        """The turns of the jobs' finishing writes, as many as the pool holds connections:
+        when hundreds of upstream answers land at once (1,000 jobs in a worker), the finishes
+        queue here in order rather than race for the pool and fail on its 10 s timeout, which
+        stays for a database that does not answer (docs/reliability.md)."""
+        if self._finishing is None:
+            self._finishing = asyncio.Semaphore(self.settings.db_pool_size)
+        return self._finishing
 
     def transaction(self) -> AbstractAsyncContextManager[AsyncSession]:
         """A session in one transaction, committed when the block ends (`app.db.transaction`)."""

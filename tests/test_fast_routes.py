@@ -200,3 +200,67 @@ async def test_the_sync_answer_in_one_statement_is_the_session_reads(pg: Client)
     assert got_balance == expected_balance
     with pytest.raises(NotFound):
         await reads.answer_of(runtime, row.id, user.id)
+
+
+POST = "/api/v1/images/generations"
+VARYING = ("id", "created_at", "completed_at", "poll_url", "url", "expires_at")
+
+
+def steady(value: object) -> object:
+    """A generation's answer without what differs between two generations of the same request."""
+    if isinstance(value, dict):
+        return {k: "*" if k in VARYING else steady(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [steady(v) for v in value]
+    return value
+
+
+async def posted(client: Client, **request: object) -> tuple[int, object, dict[str, str]]:
+    answer = await client.http.post(POST, **request)  # type: ignore[arg-type]
+    headers = {k: v for k, v in answer.headers.items() if k not in ("x-request-id", "location")}
+    body = steady(answer.json()) if answer.status_code < 400 else answer.content
+    if "location" in answer.headers:
+        headers["location"] = answer.headers["location"].rsplit("/", 1)[0]
+    return answer.status_code, body, headers
+
+
+@pytest.mark.parametrize("request_", [
+    {"json": {"model": "gpt-image-2", "prompt": "a"}},
+    {"json": {"model": "gpt-image-2", "prompt": "a", "n": 2, "is_async": True}},
+    {"json": {"model": "gpt-image-2", "prompt": "a"}, "headers": {"Prefer": "respond-async"}},
+    {"json": {"model": "gpt-image-2", "prompt": "a"}, "headers": {"Prefer": "wait=5"}},
+    {"data": {"model": "gpt-image-2", "prompt": "a"}, "files": {"reference_image": (
+        "r.png", b"not a png", "image/png")}},
+    {"json": {"model": "gpt-image-2", "prompt": ""}},
+    {"json": {"model": "no-such-model", "prompt": "a"}},
+    {"content": b"{not json", "headers": {"Content-Type": "application/json"}},
+    {"json": {"model": "gpt-image-2", "prompt": "a"}, "headers": {"Idempotency-Key": "x" * 300}},
+    {"json": {"model": "gpt-image-2", "prompt": "a", "n": 10_000}},
+])
+async def test_a_post_is_answered_as_the_router_answers_it(both, request_) -> None:
+    fast, slow = both
+    answers = []
+    for client in both:  # a user each: the same balance after
+        _, key = await fast.user_with_key(100)
+        answers.append(await posted(client, **{
+            **request_, "headers": {**bearer(key), **request_.get("headers", {})}}))
+    ours, theirs = answers
+    assert ours == theirs
+    assert ours[0] in (200, 202, 400, 404, 402), ours
+
+
+async def test_post_errors_of_keys_credits_and_replays_are_the_routers(both) -> None:
+    fast, slow = both
+    body = {"model": "gpt-image-2", "prompt": "a lighthouse"}
+    assert await posted(fast, json=body) == await posted(slow, json=body)  # no key
+    refused = []
+    for client in both:
+        _, poor = await fast.user_with_key(0)
+        refused.append(await posted(client, json=body, headers=bearer(poor)))
+    assert refused[0] == refused[1] and refused[0][0] == 402
+    _, key = await fast.user_with_key(100)
+    replay = {**bearer(key), "Idempotency-Key": "same-one"}
+    made = await fast.http.post(POST, json=body, headers=replay)
+    again = [await client.http.post(POST, json=body, headers=replay) for client in both]
+    assert made.json()["id"] == again[0].json()["id"] == again[1].json()["id"]
+    assert shown(again[0]) == shown(again[1])

@@ -3,7 +3,7 @@
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from starlette.types import Scope
+from starlette.types import Receive, Scope
 
 from app.credits import ledger
 from app.credits import service as credits
@@ -34,7 +34,7 @@ async def get_credits(principal: CurrentPrincipal, rt: RuntimeDep) -> CreditBala
 KEY_BALANCE_SQL = credits.with_dated_lots(keys.LOOKUP_SQL)
 
 
-async def get_credits_fast(scope: Scope, rt: Runtime) -> bytes:
+async def get_credits_fast(scope: Scope, receive: Receive, rt: Runtime) -> bytes:
     assert rt.direct is not None
     principal, rows = await keys.authenticate_direct_with(
         rt.direct, header(scope, b"authorization"), KEY_BALANCE_SQL, secret=rt.secret)

@@ -66,7 +66,8 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
                    code=ErrorCode.SERVICE_UNAVAILABLE, retryable=True, attempt=attempt,
                    started=started)
     else:
-        final = await finish_succeeded(rt, generation_id, result, keys)
+        async with rt.finishing:
+            final = await finish_succeeded(rt, generation_id, result, keys)
         await conclude(rt, generation_id, final, attempt=attempt, started=started)
 
 
@@ -89,7 +90,7 @@ async def fail(rt: Runtime, generation_id: str, message: str, *,
                code: ErrorCode = ErrorCode.GENERATION_FAILED, retryable: bool = False,
                attempt: int, started: float | None = None) -> Generation | None:
     """Fail and refund the generation (if it is not final yet), then conclude it."""
-    async with rt.transaction() as session:
+    async with rt.finishing, rt.transaction() as session:
         final = await generations.finish_failed(session, generation_id, message, code,
                                                 retryable=retryable)
     await conclude(rt, generation_id, final, attempt=attempt, started=started)

@@ -3,8 +3,9 @@
 built ourselves. The FastAPI route of the same path stays (the OpenAPI document, and SQLite);
 `tests/test_fast_routes.py` holds both to the same answers.
 
-A handler takes the request's scope and the runtime and returns the JSON body of a 200, or raises
-an `ApiError`, shaped here exactly as FastAPI's handler shapes it. Anything else escapes to
+A handler takes the request's scope, its `receive` and the runtime and returns the JSON body of a
+200 (or an `Answer`: its status, body and headers), or raises an `ApiError`, shaped here exactly
+as FastAPI's handler shapes it. Anything else escapes to
 `RequestMiddleware` (inside which this runs: request id, log line, metrics, HEAD as GET).
 """
 
@@ -17,8 +18,17 @@ from app.errors import ApiError
 from app.ops.error_handlers import answer, failure_of
 from app.runtime import Runtime
 
-Handler = Callable[[Scope, Runtime], Awaitable[bytes]]
 JSON_HEADERS = (b"content-type", b"application/json")
+
+
+@dataclass(frozen=True)
+class Answer:
+    status: int
+    body: bytes  # JSON
+    headers: list[tuple[bytes, bytes]]  # after content-length and content-type, as FastAPI
+
+
+Handler = Callable[[Scope, Receive, Runtime], Awaitable[bytes | Answer]]
 
 
 @dataclass(frozen=True)
@@ -77,10 +87,11 @@ class FastRoutes:
             return
         scope["route"] = route
         try:
-            body = await route.handler(scope, runtime)
+            result = await route.handler(scope, receive, runtime)
         except ApiError as exc:
             await answer(scope["path"], failure_of(exc))(scope, receive, send)
             return
-        await send({"type": "http.response.start", "status": 200, "headers": [
-            (b"content-length", str(len(body)).encode()), JSON_HEADERS]})
-        await send({"type": "http.response.body", "body": body})
+        reply = result if isinstance(result, Answer) else Answer(200, result, [])
+        await send({"type": "http.response.start", "status": reply.status, "headers": [
+            (b"content-length", str(len(reply.body)).encode()), JSON_HEADERS, *reply.headers]})
+        await send({"type": "http.response.body", "body": reply.body})
