@@ -690,8 +690,10 @@ async def test_cli_secret_deliveries_and_redeliver(app: Client, receiver: Receiv
     listed = await asyncio.to_thread(run_json, "webhooks", "deliveries", "--user", user.email,
                                      env=env)
     assert [d["status"] for d in listed] == ["delivered"]
-    human = subprocess.run([GIH, "webhooks", "deliveries", "--user", user.email],
-                           env=env, capture_output=True, text=True, timeout=60)
+    # in a thread: the in-process app must go on (a job of its may hold SQLite's write lock)
+    human = await asyncio.to_thread(subprocess.run, [GIH, "webhooks", "deliveries", "--user",
+                                                     user.email],
+                                    env=env, capture_output=True, text=True, timeout=60)
     assert human.returncode == 0 and gone.id in human.stdout and "delivered" in human.stdout
     unknown = subprocess.run([GIH, "webhooks", "redeliver", "msg_nope"], env=env,
                              capture_output=True, text=True, timeout=60)
