@@ -1,12 +1,15 @@
 """The OpenAPI document: FastAPI's, true to the contract (no 422, bearer auth), and the error
-answers each route documents."""
+answers each route documents (response schemas import this module, the worker too: FastAPI
+is loaded only to build the document)."""
 
-from typing import Any
+from __future__ import annotations
 
-from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
+from typing import TYPE_CHECKING, Any
 
 from app.schemas import ErrorResponse
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 PUBLIC_PATHS_WITHOUT_KEY = {"/api/v1/models", "/v1/models", "/v1/models/{model_id}"}
 
@@ -25,6 +28,8 @@ AUTH_ERRORS: dict[int | str, dict[str, Any]] = {
 def contract_openapi(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema, minus the 422 answers it documents but this API never gives (a
     validation error is a 400 in the error envelope), with bearer auth on every keyed route."""
+    from fastapi.openapi.utils import get_openapi
+
     if app.openapi_schema is None:
         schema = get_openapi(title=app.title, version=app.version,
                              description=app.description, routes=app.routes)

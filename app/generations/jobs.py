@@ -17,9 +17,9 @@ from pathlib import Path
 
 from app.db import utcnow
 from app.errors import ErrorCode, ServiceUnavailable
-from app.generations import images
+from app.generations import images, job_sql
 from app.generations import service as generations
-from app.models import Generation, GenerationStatus
+from app.models import Generation, GenerationStatus, ReferenceImage
 from app.ops import metrics
 from app.providers.base import ImageRequest, ImageResult, OnPartial, PartialImage, ProviderError
 from app.queue import QueueUnavailable
@@ -36,8 +36,7 @@ REFERENCE_CLEANUP_AFTER = timedelta(minutes=1)
 
 async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
     started = time.perf_counter()
-    async with rt.statement() as session:  # one UPDATE ... RETURNING (+ its references)
-        claimed = await generations.claim(session, generation_id, attempt)
+    claimed = await claim(rt, generation_id, attempt)
     if claimed is None:
         log.info("generation %s: attempt %s has nothing to do", generation_id, attempt)
         return
@@ -71,14 +70,28 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
         await conclude(rt, generation_id, final, attempt=attempt, started=started)
 
 
+async def claim(rt: Runtime, generation_id: str, attempt: int
+                ) -> tuple[Generation, list[ReferenceImage]] | None:
+    """One UPDATE ... RETURNING (+ the references of an edit)."""
+    if rt.direct is None:
+        async with rt.statement() as session:
+            return await generations.claim(session, generation_id, attempt)
+    generation = await job_sql.claim(rt.direct, generation_id, attempt, utcnow())
+    if generation is None:
+        return None
+    if not generation.reference_count:
+        return generation, []
+    async with rt.reader() as session:
+        return generation, await generations.references_of(session, generation_id)
+
+
 async def finish_succeeded(rt: Runtime, generation_id: str, result: ImageResult,
                            keys: list[str]) -> Generation | None:
     """Every image delivered, no webhook: one statement on PostgreSQL (the common case);
     anything else (a refund owed, an event to record, already final) in a transaction."""
-    if not rt.settings.is_sqlite:
-        async with rt.statement() as session:
-            final = await generations.finish_all_delivered(session, generation_id,
-                                                           result.images, keys, result.usage)
+    if rt.direct is not None:
+        final = await job_sql.finish_all_delivered(rt.direct, generation_id, result.images,
+                                                   keys, result.usage, utcnow())
         if final is not None:
             return final
     async with rt.transaction() as session:

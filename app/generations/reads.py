@@ -48,15 +48,20 @@ ANSWER_SQL = credits.with_dated_lots(
     " JOIN users u ON u.id = g.user_id " + IMAGES + " WHERE g.id = $1 AND g.user_id = $2")
 
 
-def generation_of(row: Mapping[str, Any]) -> tuple[Generation, list[GenerationImage]]:
-    """The generation and its images (index order) from a row of the statements above, as
-    detached model instances, as `get_for_owner` returns them."""
+def generation_from(row: Mapping[str, Any]) -> Generation:
+    """A detached generation from a row holding its every column, prefixed `g_`."""
     values = {name: row["g_" + name] for name in GENERATION_COLUMNS}
     for name in JSON_COLUMNS:
         if values[name] is not None:
             values[name] = json.loads(values[name])
     values["status"] = GenerationStatus(values["status"])
-    generation = Generation(**values)
+    return Generation(**values)
+
+
+def generation_of(row: Mapping[str, Any]) -> tuple[Generation, list[GenerationImage]]:
+    """The generation and its images (index order) from a row of the statements above, as
+    detached model instances, as `get_for_owner` returns them."""
+    generation = generation_from(row)
     images: list[GenerationImage] = []
     if row["i_id"] is not None:
         columns = [row["i_" + name] for name in IMAGE_COLUMNS]

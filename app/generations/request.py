@@ -1,6 +1,8 @@
 """Reading a generation request: the body (JSON, or multipart streamed to temp files), the
 Idempotency-Key, and the fields checked into a GenerationInput."""
 
+from __future__ import annotations
+
 import contextlib
 import hashlib
 import json
@@ -11,10 +13,9 @@ import unicodedata
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from fastapi import Request
 from python_multipart.multipart import parse_options_header
 
 from app.catalog.catalog import Catalog
@@ -28,6 +29,9 @@ from app.generations.multipart import (
     drain,
     parse_multipart,
 )
+
+if TYPE_CHECKING:  # the worker reads GenerationInput and does not load FastAPI
+    from fastapi import Request
 
 MAX_PROMPT_CHARS = 32_000
 MAX_N = 4

@@ -6,11 +6,10 @@ Finishing locks the generation row and does nothing if it is already final, so a
 twice never refunds twice.
 """
 
-import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, func, literal, select, text, update
+from sqlalchemy import delete, func, literal, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -200,57 +199,6 @@ async def finish_succeeded(session: AsyncSession, generation_id: str,
     generation.input_tokens, generation.output_tokens = token_counts(usage)
     generation.completed_at = now
     await webhooks.record_final(session, generation)
-    return generation
-
-
-# PostgreSQL: a job's usual end, every image delivered and no webhook, as one statement (no
-# refund is owed, no event recorded). The UPDATE's WHERE re-checks the status under the row
-# lock, so a cancel or another attempt that ended it first leaves this with nothing to do.
-FINISH_ALL_DELIVERED = text("""
-WITH g AS (
-    UPDATE generations
-    SET status = 'succeeded', provider_usage = CAST(:usage AS json),
-        input_tokens = :input_tokens, output_tokens = :output_tokens,
-        completed_at = CAST(:now AS timestamptz)
-    WHERE id = :id AND status IN ('queued', 'running') AND n = :delivered
-      AND webhook_url IS NULL
-    RETURNING {columns}
-), added AS (
-    INSERT INTO generation_images (id, generation_id, "index", storage_key, width, height,
-                                   content_type, byte_size, created_at)
-    SELECT i.id, g.id, i.number, i.storage_key, i.width, i.height, i.content_type,
-           i.byte_size, CAST(:now AS timestamptz)
-    FROM g, unnest(CAST(:image_ids AS text[]), CAST(:numbers AS int[]),
-                   CAST(:storage_keys AS text[]), CAST(:widths AS int[]),
-                   CAST(:heights AS int[]), CAST(:content_types AS text[]),
-                   CAST(:byte_sizes AS int[]))
-         AS i(id, number, storage_key, width, height, content_type, byte_size)
-)
-SELECT * FROM g
-""".format(columns=", ".join(f'"{c.name}"' for c in Generation.__table__.columns))
-).columns(*Generation.__table__.columns)
-
-
-async def finish_all_delivered(session: AsyncSession, generation_id: str,
-                               images: list[GeneratedImage], keys: list[str],
-                               usage: dict[str, object] | None) -> Generation | None:
-    """`finish_succeeded` where every image came and there is no webhook, in one statement
-    (PostgreSQL); None when that is not the case (or it is final already): the caller then
-    finishes it in a transaction."""
-    if not images:
-        return None
-    input_tokens, output_tokens = token_counts(usage)
-    generation = await session.scalar(
-        select(Generation).from_statement(FINISH_ALL_DELIVERED)
-        .execution_options(populate_existing=True),
-        {"id": generation_id, "delivered": len(images), "now": utcnow(),
-         "usage": None if usage is None else json.dumps(usage),
-         "input_tokens": input_tokens, "output_tokens": output_tokens,
-         "image_ids": [new_id("img") for _ in images], "numbers": list(range(len(images))),
-         "storage_keys": keys[:len(images)], "widths": [i.width for i in images],
-         "heights": [i.height for i in images],
-         "content_types": [i.content_type for i in images],
-         "byte_sizes": [len(i.data) for i in images]})
     return generation
 
 
