@@ -44,10 +44,12 @@ class Runtime:
 
     @property
     def finishing(self) -> asyncio.Semaphore:
-        """The turns of the jobs' finishing writes, as many as the pool holds connections:
-        when hundreds of upstream answers land at once (1,000 jobs in a worker), the finishes
-        queue here in order rather than race for the pool and fail on its 10 s timeout, which
-        stays for a database that does not answer (docs/reliability.md)."""
+        """The turns of the jobs' last steps (storing the images, the finishing write), as
+        many as the pool holds connections: when hundreds of upstream answers land at once
+        (1,000 jobs in a worker), they queue here in order rather than race for the pool and
+        fail on its 10 s timeout, which stays for a database that does not answer
+        (docs/reliability.md); and the few that hold a turn are not slowed down by every other
+        job's storing, so a generation is announced right after it is finished."""
         if self._finishing is None:
             self._finishing = asyncio.Semaphore(self.settings.db_pool_size)
         return self._finishing

@@ -32,7 +32,9 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
+from redis import asyncio as redis
 
+from app.queue import DONE_CHANNEL
 from bench import load, procs
 from bench.stack import ADMIN_URL, Account, Stack, stop_group, wait_for_log
 from tests.fakes.processes import GIH, app_env, free_port, start_serve
@@ -189,6 +191,7 @@ class Answer:
     got: float = 0.0
     status: int = 0
     completed_at: float | None = None
+    announced: float | None = None  # when the worker's announcement reached a listener here
     error: str = ""
 
 
@@ -215,6 +218,7 @@ class Waiters:
     target: tuple[str, int] = ("127.0.0.1", 0)
     started_at: str = ""
     probes: list[tuple[float, float | None]] = field(default_factory=list)
+    announced: dict[str, float] = field(default_factory=dict)  # generation id -> wall clock
 
     def __post_init__(self) -> None:
         self.dir = self.stack.dir / "waiters"
@@ -278,9 +282,11 @@ class Waiters:
                 status, body = await conn.send(request)
             answer.got, answer.status = time.time(), status
             if status == 200:
-                done = json.loads(body).get("completed_at")
+                answered = json.loads(body)
+                done = answered.get("completed_at")
                 if done:
                     answer.completed_at = datetime.fromisoformat(done).timestamp()
+                answer.announced = self.announced.get(answered.get("id", ""))
             else:
                 answer.error = f"{status}: {body[:200].decode(errors='replace')}"
                 self.failed += 1
@@ -342,6 +348,23 @@ class Waiters:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), 0.5)
 
+    async def listen(self, stop: asyncio.Event) -> None:
+        """The workers' announcements, as the API's listener gets them (one pattern
+        subscription): when each generation was announced, to split an answer's lag into the
+        worker's part (finished -> announced) and the API's (announced -> answered)."""
+        client = redis.from_url(self.stack.env["GIH_REDIS_URL"])
+        pubsub = client.pubsub()
+        await pubsub.psubscribe(DONE_CHANNEL + "*")
+        try:
+            while not stop.is_set():
+                message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
+                if message and message.get("type") == "pmessage":
+                    channel = message["channel"].decode()
+                    self.announced.setdefault(channel.removeprefix(DONE_CHANNEL), time.time())
+        finally:
+            await pubsub.aclose()
+            await client.aclose()
+
     async def probe(self, began: float, stop: asyncio.Event) -> None:
         """GET /api/v1/models (static, no database) every 0.5 s: how long the API process
         takes to answer anything, i.e. how busy its event loop is."""
@@ -376,6 +399,7 @@ class Waiters:
         began = time.monotonic()
         watcher = asyncio.create_task(self.monitor(db, admin, user_ids, began, stop))
         prober = asyncio.create_task(self.probe(began, stop))
+        listener = asyncio.create_task(self.listen(stop))
         tasks = []
         timeout = self.upstream_s + 120
         try:
@@ -401,6 +425,7 @@ class Waiters:
             stop.set()
             await watcher
             await prober
+            await listener
             for t in tasks:
                 t.cancel()
             await db.close()
@@ -416,6 +441,9 @@ class Waiters:
         ok = [a for a in sent if a.status == 200 and not a.error]
         errors = [a for a in sent if a.status != 200 or a.error]
         lags = sorted(a.got - a.completed_at for a in ok if a.completed_at is not None)
+        split = [a for a in ok if a.completed_at is not None and a.announced is not None]
+        worker_lags = sorted(a.announced - a.completed_at for a in split)  # type: ignore
+        api_lags = sorted(a.got - a.announced for a in split)  # type: ignore
         samples = self.samples
         for s in samples:
             s["charged"] -= before
@@ -437,6 +465,8 @@ class Waiters:
             "lag_s_min": round(lags[0], 3) if lags else None,
             "lags_over_1s": sum(1 for x in lags if x > 1.0), "lags_measured": len(lags),
             "lag_histogram_s": lag_histogram(lags),
+            "lag_split_measured": len(split),
+            "lag_worker_s": spread(worker_lags), "lag_api_s": spread(api_lags),
             "api_rss_kb_before": mem_before.get("rss"), "api_pss_kb_before": mem_before.get("pss"),
             "api_peak_rss_kb_vmhwm": peak_rss_kb}
         # Memory with everyone waiting: the largest sample of the quiet window, else at the
@@ -502,6 +532,14 @@ class Waiters:
                 (last["api_control"] - first["api_control"]) / last["answered"], 2)
         out["samples"] = samples
         return out
+
+
+def spread(values: list[float]) -> dict[str, float] | None:
+    """p50, p99 and max of sorted `values` (seconds), or None."""
+    if not values:
+        return None
+    return {"p50": round(load.percentile(values, 50) or 0, 3),
+            "p99": round(load.percentile(values, 99) or 0, 3), "max": round(values[-1], 3)}
 
 
 def lag_histogram(lags: list[float]) -> dict[str, int]:

@@ -55,7 +55,10 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
                     partial_images=int(options.pop("partial_images", 0) or 0), options=options)
                 relay = relay_to(rt, generation_id) if request.partial_images else None
                 result = await call_provider(rt, request, relay)
-            keys = await images.store_images(rt.storage, rt.secret, generation_id, result.images)
+            async with rt.finishing:  # what is nearest its end goes first (Runtime.finishing)
+                keys = await images.store_images(rt.storage, rt.secret, generation_id,
+                                                 result.images)
+                final = await finish_succeeded(rt, generation_id, result, keys)
     except ProviderError as exc:
         await fail(rt, generation_id, f"the image provider failed: {exc.message}",
                    retryable=exc.retryable, attempt=attempt, started=started)
@@ -65,8 +68,6 @@ async def run_generation(rt: Runtime, generation_id: str, attempt: int) -> None:
                    code=ErrorCode.SERVICE_UNAVAILABLE, retryable=True, attempt=attempt,
                    started=started)
     else:
-        async with rt.finishing:
-            final = await finish_succeeded(rt, generation_id, result, keys)
         await conclude(rt, generation_id, final, attempt=attempt, started=started)
 
 
