@@ -21,7 +21,7 @@ from app.openai_compat import errors as openai_errors
 from app.openapi import contract_openapi
 from app.ops import health, logs
 from app.ops.error_handlers import install_handlers, register_surface
-from app.ops.fast_routes import FastRoutes
+from app.ops.fast_routes import FastRoutedApp
 from app.ops.middleware import RequestMiddleware
 from app.runtime import close_runtime, open_runtime
 from app.storage import endpoints as files
@@ -67,7 +67,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await asyncio.gather(*background, return_exceptions=True)
             await close_runtime(rt)
 
-    app = FastAPI(
+    app = FastRoutedApp(
+        fast_routes={
+            ("GET", "/api/v1/credits"): credits.get_credits_fast,
+            ("GET", "/api/v1/generations/{generation_id}"): generations.get_generation_fast,
+            ("POST", "/api/v1/images/generations"): generations.create_generation_fast},
         title="GPT Image Hub",
         version="0.1.0",
         description="Credit-metered image generation API (OpenAI GPT Image models).",
@@ -77,11 +81,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_handlers(app)
     register_surface("/v1", openai_errors.shape)
     app.openapi = lambda: contract_openapi(app)  # type: ignore[method-assign]
-    # inside RequestMiddleware (the last added is the outermost)
-    app.add_middleware(FastRoutes, routes={
-        ("GET", "/api/v1/credits"): credits.get_credits_fast,
-        ("GET", "/api/v1/generations/{generation_id}"): generations.get_generation_fast,
-        ("POST", "/api/v1/images/generations"): generations.create_generation_fast})
     app.add_middleware(RequestMiddleware)
     for router in (catalog.router, credits.router, generations.router, openai_compat.router,
                    webhooks.router, files.router, health.router):

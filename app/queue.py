@@ -13,10 +13,11 @@ as a task of this process when embedded; one job per job id while it waits.
 
 import asyncio
 import contextlib
+import heapq
 import json
 import logging
+import math
 import time
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -83,70 +84,137 @@ class JobQueue(Protocol):
 
 class Watch:
     """Set when the generation it watches is announced; register before checking its state.
-    A future and a timer per wait (not `asyncio.wait_for`, which makes a task each time): a
-    waiting request costs as little memory as it can (docs/performance.md, scenario L)."""
+    A wait is a future and an entry in its `Waiters`' deadlines (not `asyncio.wait_for`, which
+    makes a task each time, nor a coroutine, whose frame a waiting request would hold, nor a
+    timer each): a waiting request costs as little memory as it can (docs/performance.md,
+    scenario L)."""
 
-    __slots__ = ("waiters", "generation_id", "woken", "_future")
+    __slots__ = ("waiters", "generation_id", "woken", "_future", "_deadline")
 
     def __init__(self, waiters: "Waiters", generation_id: str) -> None:
         self.waiters = waiters
         self.generation_id = generation_id
-        self.woken = False
+        self.woken = False  # since the last wait began, with no wait pending to end
         self._future: asyncio.Future[None] | None = None
+        self._deadline = 0  # the pending wait's entry in the deadlines (0: none)
 
     def set(self) -> None:
-        self.woken = True
-        if self._future is not None and not self._future.done():
-            self._future.set_result(None)
+        if self._future is None:
+            self.woken = True  # the next wait ends at once
+        else:
+            self._end()
 
-    async def wait(self, timeout: float) -> bool:
-        """True when woken (since the last wait), False when `timeout` passed first."""
-        if not self.woken:
-            loop = asyncio.get_running_loop()
-            future = self._future = loop.create_future()
-            timer = loop.call_later(timeout, _expire, future)
-            try:
-                await future
-            finally:
-                timer.cancel()
-                self._future = None
-        woken, self.woken = self.woken, False
-        return woken
+    def wait(self, timeout: float) -> "asyncio.Future[None]":
+        """Done when woken (or if woken since the last wait), or when `timeout` passes."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self.woken:
+            self.woken = False
+            future.set_result(None)
+            return future
+        self._end()  # a wait nobody awaits any more (its request went away)
+        self._future = future
+        self._deadline = self.waiters.deadlines.add(self, timeout)
+        return future
+
+    def expire(self, deadline: int) -> None:
+        if deadline == self._deadline:  # not an earlier wait's
+            self._end()
+
+    def _end(self) -> None:
+        future, self._future, self._deadline = self._future, None, 0
+        if future is not None and not future.done():
+            future.set_result(None)
 
     def __enter__(self) -> "Watch":
-        self.waiters.by_id[self.generation_id].add(self)
+        self.waiters.add(self)
         return self
 
     def __exit__(self, *_exc: object) -> None:
-        watches = self.waiters.by_id.get(self.generation_id)
-        if watches is not None:
-            watches.discard(self)
-            if not watches:
-                del self.waiters.by_id[self.generation_id]
+        self.waiters.remove(self)
+        self._end()
 
 
-def _expire(future: asyncio.Future[None]) -> None:
-    if not future.done():
-        future.set_result(None)
+class Deadlines:
+    """When the pending waits time out: a heap and one timer for its earliest, rather than a
+    timer per wait (~0.5 KB each with uvloop). An entry outlives a wait woken before it (until
+    its time comes, then it is dropped); its number tells it from the watch's next wait."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[float, int, Watch]] = []
+        self.count = 0
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        self.timer_at = math.inf
+
+    def add(self, watch: Watch, timeout: float) -> int:
+        loop = asyncio.get_running_loop()
+        if loop is not self.loop:  # a new loop (tests run several): what the old held is moot
+            self.heap, self.loop, self.timer, self.timer_at = [], loop, None, math.inf
+        self.count += 1
+        when = loop.time() + timeout
+        heapq.heappush(self.heap, (when, self.count, watch))
+        if when < self.timer_at:
+            self._arm(loop, when)
+        return self.count
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+        self.timer, self.timer_at = loop.call_at(when, self._fire, loop), when
+
+    def _fire(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.timer, self.timer_at = None, math.inf
+        if loop is not self.loop:
+            return
+        now = loop.time() + 0.001  # a timer may fire a hair early (the loop's resolution)
+        while self.heap and self.heap[0][0] <= now:
+            _, deadline, watch = heapq.heappop(self.heap)
+            watch.expire(deadline)
+        if self.heap:
+            self._arm(loop, self.heap[0][0])
 
 
 class Waiters:
-    """Requests waiting for generations to finish, by generation id."""
+    """Requests waiting for generations to finish, by generation id: its one watch (nearly
+    always), or a list of them (no `set` per waiting request: 216 bytes or more each)."""
 
     def __init__(self) -> None:
-        self.by_id: dict[str, set[Watch]] = defaultdict(set)
+        self.by_id: dict[str, Watch | list[Watch]] = {}
+        self.deadlines = Deadlines()
 
     def watch(self, generation_id: str) -> Watch:
         return Watch(self, generation_id)
 
+    def add(self, watch: Watch) -> None:
+        held = self.by_id.get(watch.generation_id)
+        if held is None:
+            self.by_id[watch.generation_id] = watch
+        elif isinstance(held, Watch):
+            self.by_id[watch.generation_id] = [held, watch]
+        else:
+            held.append(watch)
+
+    def remove(self, watch: Watch) -> None:
+        held = self.by_id.get(watch.generation_id)
+        if held is watch:
+            del self.by_id[watch.generation_id]
+        elif isinstance(held, list) and watch in held:
+            held.remove(watch)
+            if len(held) == 1:
+                self.by_id[watch.generation_id] = held[0]
+
     def wake(self, generation_id: str) -> None:
-        for watch in self.by_id.get(generation_id, ()):
-            watch.set()
+        held = self.by_id.get(generation_id)
+        if isinstance(held, Watch):
+            held.set()
+        elif held is not None:
+            for watch in list(held):
+                watch.set()
 
     def wake_all(self) -> None:
         """Announcements may have been lost: every waiter re-reads the database now."""
-        for watches in self.by_id.values():
-            for watch in watches:
+        for held in list(self.by_id.values()):
+            for watch in (held,) if isinstance(held, Watch) else list(held):
                 watch.set()
 
 

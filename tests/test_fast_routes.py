@@ -31,7 +31,7 @@ async def app_client(pg_url: str, *, fast: bool, router: bool) -> AsyncIterator[
     """The app with or without its fast routes, with or without FastAPI's routes of them."""
     app = create_app(make_settings(pg_url))
     if not fast:
-        app.user_middleware = [m for m in app.user_middleware if m.cls is not FastRoutes]
+        app.fast_routes = FastRoutes({})  # type: ignore[attr-defined]
     if not router:
         app.router.routes = [r for r in app.router.routes
                              if getattr(r, "path", "") not in FAST_PATHS]

@@ -88,8 +88,8 @@ async def create(request: Request, response: Response, principal: Principal, rt:
         return respond(rt, response, accepted.generation, [], accepted.balance)
     user_id = principal.user.id
     # Not held while waiting (on the fast route nothing else holds them): the ORM state of the
-    # generation and of the user, the request's fields.
-    del accepted, body, principal
+    # generation and of the user, the request's fields and what was parsed from them.
+    del accepted, body, principal, wanted, preferences
     await waiting.wait_until_final(rt.statuses, rt.queue, generation_id, wait_s)
     return await answer(rt, response, generation_id, user_id)
 

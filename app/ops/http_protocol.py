@@ -9,6 +9,11 @@ not only behind a proxy):
 - then its body must arrive at `GIH_HTTP_BODY_MIN_RATE` bytes per second on average over each
   window of `GIH_HTTP_READ_TIMEOUT_S`, while the app is reading it: a slower (or stalled) client
   is answered 408 (if nothing was answered yet) and cut off.
+
+And a connection holds less while its request waits (5,000 waiting sync requests in one process,
+docs/performance.md, scenario L): uvicorn gives each connection a `deque` for pipelined requests
+and two `asyncio.Event`s (its flow control's and the request cycle's), each with a `deque` of
+waiters: ~760 bytes apiece, nearly always empty. Here they are lists (56 bytes).
 """
 
 import asyncio
@@ -16,6 +21,7 @@ import json
 import logging
 from typing import Any
 
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from app.config import get_settings
@@ -36,9 +42,40 @@ def refusal(status: int, message: str) -> bytes:
         b"connection: close\r\n\r\n", body])
 
 
+class LeanEvent(asyncio.Event):
+    """An `asyncio.Event` whose waiters are a list, not a deque (`set` iterates them, `wait`
+    appends and removes its own: nothing else touches them)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._waiters = []  # type: ignore[assignment]
+
+
+class Pipeline(list[Any]):
+    """uvicorn's queue of pipelined requests (`appendleft`, `pop`), seldom holding any."""
+
+    __slots__ = ()
+
+    def appendleft(self, item: Any) -> None:
+        self.insert(0, item)
+
+
+class LeanFlowControl(FlowControl):
+    def __init__(self, transport: asyncio.Transport) -> None:
+        super().__init__(transport)
+        self._is_writable_event = LeanEvent()
+        self._is_writable_event.set()
+
+
 class GuardedHttpToolsProtocol(HttpToolsProtocol):
+    # Ours in slots: uvicorn's 27 attributes alone keep the instance dict a key-sharing one
+    # (CPython shares keys up to 30), ~0.3 KB a connection instead of ~1.5.
+    __slots__ = ("read_timeout_s", "min_body_bytes", "head_open", "head_bytes", "head_timer",
+                 "body_timer", "body_bytes")
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.pipeline = Pipeline()  # type: ignore[assignment]
         settings = get_settings()
         self.read_timeout_s = settings.http_read_timeout_s
         self.min_body_bytes = int(settings.http_body_min_rate * self.read_timeout_s)
@@ -50,6 +87,7 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        self.flow = LeanFlowControl(transport)
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -83,6 +121,8 @@ class GuardedHttpToolsProtocol(HttpToolsProtocol):
         self.body_bytes = 0
         self.body_timer = self.loop.call_later(self.read_timeout_s, self._check_body_rate)
         super().on_headers_complete()
+        if self.cycle is not None:  # made just now; its task has not run yet
+            self.cycle.message_event = LeanEvent()
 
     def on_message_complete(self) -> None:
         self._cancel_timer("body_timer")

@@ -46,6 +46,33 @@ def add_headers(scope_or_request: Any, headers: dict[str, str]) -> None:
     scope.setdefault("state", {}).setdefault("response_headers", {}).update(headers)
 
 
+class Sender:
+    """The `send` of a request inside RequestMiddleware: adds the request id and the headers
+    asked for (`add_headers`), drops a HEAD's body, remembers the status. An object with slots
+    rather than a closure and its cells: a waiting request holds it."""
+
+    __slots__ = ("send", "scope", "header", "is_head", "status", "started")
+
+    def __init__(self, send: Send, scope: Scope, rid: str, is_head: bool) -> None:
+        self.send = send
+        self.scope = scope
+        self.header = (b"x-request-id", rid.encode())
+        self.is_head = is_head
+        self.status = 500
+        self.started = False
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+            self.started = True
+            extra = [(name.encode(), value.encode()) for name, value
+                     in self.scope.get("state", {}).get("response_headers", {}).items()]
+            message["headers"] = [*message.get("headers", []), self.header, *extra]
+        elif self.is_head and message["type"] == "http.response.body":
+            message = {**message, "body": b""}
+        await self.send(message)
+
+
 class RequestMiddleware:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -60,33 +87,18 @@ class RequestMiddleware:
         rid = incoming_request_id(scope)
         token = request_id.set(rid)
         started = time.perf_counter()
-        status = 500
-        header = (b"x-request-id", rid.encode())
-        response_started = False
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status, response_started
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                response_started = True
-                extra = [(name.encode(), value.encode()) for name, value
-                         in scope.get("state", {}).get("response_headers", {}).items()]
-                message["headers"] = [*message.get("headers", []), header, *extra]
-            elif method == "HEAD" and message["type"] == "http.response.body":
-                message = {**message, "body": b""}
-            await send(message)
-
+        sender = Sender(send, scope, rid, method == "HEAD")
         try:
-            await self.app(scope, receive, send_with_id)
+            await self.app(scope, receive, sender)
         except Exception as exc:
-            if response_started:
+            if sender.started:
                 raise
             # Answer here rather than let the error reach the server, which would also drop
             # the client's keep-alive connection.
-            await crash_response(scope["method"], scope["path"], exc)(scope, receive,
-                                                                      send_with_id)
+            await crash_response(scope["method"], scope["path"], exc)(scope, receive, sender)
         finally:
             elapsed = time.perf_counter() - started
+            status = sender.status
             route = getattr(scope.get("route"), "path", None) or "unmatched"
             metrics.http_requests.labels(method, route, str(status)).inc()
             metrics.http_latency.labels(method, route).observe(elapsed)
