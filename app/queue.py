@@ -385,10 +385,13 @@ class ArqQueue:
         from arq import create_pool
         from arq.connections import RedisSettings
 
+        from app.redis_pool import use_lean_pool
+
         settings = RedisSettings.from_dsn(self.redis_url)
         settings.conn_timeout = 3
         settings.conn_retries = 2
         self.pool = await create_pool(settings)
+        await use_lean_pool(self.pool)
         if self.listen:
             self._listener = asyncio.create_task(self._listen(), name="gih-done-listener")
 

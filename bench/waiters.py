@@ -219,6 +219,9 @@ class Waiters:
     started_at: str = ""
     probes: list[tuple[float, float | None]] = field(default_factory=list)
     announced: dict[str, float] = field(default_factory=dict)  # generation id -> wall clock
+    queue: str = ""
+    queued: int = 0  # jobs in the queue's sorted set, due and not yet taken by a worker
+    taken: int = 0  # jobs a worker took (arq's in-progress keys), running or about to
 
     def __post_init__(self) -> None:
         self.dir = self.stack.dir / "waiters"
@@ -233,7 +236,7 @@ class Waiters:
             self.relay = RelayProcess(host or "127.0.0.1", port or 5432).start()
             self.stack.on_close(self.relay.stop)
             db_url = through(db_url, self.relay.port)
-        queue = f"{self.stack.env['GIH_QUEUE_NAME']}-waiters"
+        queue = self.queue = f"{self.stack.env['GIH_QUEUE_NAME']}-waiters"
         env = {**self.stack.env, "GIH_QUEUE_NAME": queue,
                "PROMETHEUS_MULTIPROC_DIR": str(self.dir / "metrics-api")}
         os.makedirs(env["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
@@ -340,6 +343,7 @@ class Waiters:
                 "t": now, "sent": sent, "answered": answered,
                 "waiting": sent - answered,
                 "charged": self.charged, "running": counts.get("running", 0),
+                "queued_in_redis": self.queued, "taken_by_workers": self.taken,
                 "finished": sum(v for k, v in counts.items() if k not in ("queued", "running")),
                 "xacts": xacts, "api_statements": statements, "api_control": control,
                 "api_rss_kb": mem.get("rss", 0), "api_pss_kb": mem.get("pss", 0),
@@ -355,12 +359,17 @@ class Waiters:
         client = redis.from_url(self.stack.env["GIH_REDIS_URL"])
         pubsub = client.pubsub()
         await pubsub.psubscribe(DONE_CHANNEL + "*")
+        counted = 0.0
         try:
             while not stop.is_set():
                 message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.5)
                 if message and message.get("type") == "pmessage":
                     channel = message["channel"].decode()
                     self.announced.setdefault(channel.removeprefix(DONE_CHANNEL), time.time())
+                if time.monotonic() - counted >= 0.5:  # for the samples
+                    counted = time.monotonic()
+                    self.queued = await client.zcard(self.queue)
+                    self.taken = len(await client.keys("arq:in-progress:*"))
         finally:
             await pubsub.aclose()
             await client.aclose()
