@@ -93,7 +93,8 @@ def open_runtime(settings: Settings, *, queue: JobQueue | None = None) -> Runtim
         storage=create_storage(settings),
         make_provider=lambda: create_provider(
             settings.provider_name, timeout_s=settings.provider_timeout_s,
-            max_retries=settings.provider_max_retries, total_timeout_s=provider_budget),
+            max_retries=settings.provider_max_retries, total_timeout_s=provider_budget,
+            concurrency=settings.job_concurrency),
         catalog=load_catalog(settings.catalog_path),
         queue=queue,
         secret=settings.hashing_secret(),

@@ -14,6 +14,7 @@ the way arq does, atomically, so every job still runs once at a time."""
 
 import asyncio
 import contextlib
+import functools
 from typing import Any
 
 from arq.connections import create_pool
@@ -53,6 +54,7 @@ class WakeableWorker(Worker):
         self._listener: asyncio.Task[None] | None = None
         self._claim: Any = None
         self._took_all = False  # the last claim took as many as it asked for
+        self._finished: list[str] = []  # jobs whose task ended since the last poll
 
     async def main(self) -> None:
         if self._pool is None:  # arq's own, on a pool that does not queue every command
@@ -73,9 +75,10 @@ class WakeableWorker(Worker):
             await self._claim_and_start()
             if self.allow_abort_jobs:
                 await self._cancel_aborted_jobs()
-            for job_id, task in list(self.tasks.items()):
-                if task.done():
-                    del self.tasks[job_id]
+            finished, self._finished = self._finished, []  # not a look at every task
+            for job_id in finished:
+                task = self.tasks.pop(job_id, None)
+                if task is not None:
                     task.result()  # as arq: an error of run_job itself propagates
             await self.heart_beat()
         if self.job_counter >= self.max_jobs:  # full: a new job could not start anyway
@@ -105,9 +108,13 @@ class WakeableWorker(Worker):
             await self.sem.acquire()  # free: at most as many as the semaphore has left
             self.job_counter += 1
             task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
-            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            task.add_done_callback(functools.partial(self._ended, job_id))
             self.tasks[job_id] = task
         self._took_all = len(taken) == 2 * free
+
+    def _ended(self, job_id: str, _task: "asyncio.Task[None]") -> None:
+        self._release_sem_dec_counter_on_complete()
+        self._finished.append(job_id)
 
     async def _listen(self) -> None:
         """Until cancelled; with Redis away the poll goes on at its own pace."""

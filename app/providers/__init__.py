@@ -31,14 +31,16 @@ PROVIDERS = ("openai", "mock")
 
 
 def create_provider(
-    name: str, *, timeout_s: float, max_retries: int, total_timeout_s: float
+    name: str, *, timeout_s: float, max_retries: int, total_timeout_s: float,
+    concurrency: int = 1,
 ) -> ImageProvider:
-    """The provider called ``name``; ``openai`` reads OPENAI_API_KEY / OPENAI_BASE_URL."""
+    """The provider called ``name``; ``openai`` reads OPENAI_API_KEY / OPENAI_BASE_URL.
+    ``concurrency``: how many calls may be in flight at once (the jobs of a worker)."""
     if name == "openai":
         from .openai import OpenAIProvider
 
         return OpenAIProvider(timeout_s=timeout_s, max_retries=max_retries,
-                              total_timeout_s=total_timeout_s)
+                              total_timeout_s=total_timeout_s, concurrency=concurrency)
     if name == "mock":
         from .mock import MockProvider
 
