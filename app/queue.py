@@ -208,13 +208,13 @@ class Waiters:
         if isinstance(held, Watch):
             held.set()
         elif held is not None:
-            for watch in list(held):
+            for watch in held:
                 watch.set()
 
     def wake_all(self) -> None:
         """Announcements may have been lost: every waiter re-reads the database now."""
-        for held in list(self.by_id.values()):
-            for watch in (held,) if isinstance(held, Watch) else list(held):
+        for held in self.by_id.values():
+            for watch in (held,) if isinstance(held, Watch) else held:
                 watch.set()
 
 

@@ -4,13 +4,12 @@ it enqueues a job that is due now. A job then starts a millisecond or two after 
 rather than up to `poll_delay` later, with no faster polling. A lost wake-up costs only that
 delay: the poll still runs (deferred jobs and retries are found by it, as before).
 
-A poll also claims its jobs in one round trip (CLAIM_SCRIPT): arq reads up to five times
-`max_jobs` ids from the queue, where a running job stays until it ends, and checks each one
-(WATCH, EXISTS, ZSCORE, then MULTI/EXEC to claim it) — three round trips for every job already
-running, here or in another worker, at every poll; with 1,000 jobs a worker and a wake-up per
-enqueue that is quadratic (scenario L: jobs started at ~45/s while 130/s were queued, the five
-workers busy with it). The script skips what is running and marks what it takes as in progress
-the way arq does, atomically, so every job still runs once at a time."""
+A poll also claims its jobs in one round trip (CLAIM_SCRIPT) where arq checks each candidate
+in turn (WATCH, EXISTS, ZSCORE, then MULTI/EXEC): three to five round trips a job, raced by
+every worker woken by the same enqueue. The script skips what is in progress and marks what it
+takes as in progress the way arq does, atomically, so every job still runs once at a time; it
+takes at most CLAIM_AT_ONCE a poll, so the jobs spread over the workers. And a poll looks only
+at the jobs that ended since the last one, where arq looks at every task it holds (1,000)."""
 
 import asyncio
 import contextlib
@@ -53,7 +52,6 @@ class WakeableWorker(Worker):
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._claim: Any = None
-        self._took_all = False  # the last claim took as many as it asked for
         self._finished: list[str] = []  # jobs whose task ended since the last poll
 
     async def main(self) -> None:
@@ -71,8 +69,9 @@ class WakeableWorker(Worker):
         self._wake.clear()  # a wake-up from here on asks for another poll
         if self.burst:  # arq's own (gih worker does not run in burst mode)
             await super()._poll_iteration()
+            more_due = False
         else:
-            await self._claim_and_start()
+            more_due = await self._claim_and_start()
             if self.allow_abort_jobs:
                 await self._cancel_aborted_jobs()
             finished, self._finished = self._finished, []  # not a look at every task
@@ -84,20 +83,20 @@ class WakeableWorker(Worker):
         if self.job_counter >= self.max_jobs:  # full: a new job could not start anyway
             await asyncio.sleep(self.idle_s)
             return
-        if self._took_all:  # more may be due: take them now (other workers take theirs too)
+        if more_due:  # take them now (the other workers take theirs too)
             await asyncio.sleep(0)
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._wake.wait(), self.idle_s)
 
-    async def _claim_and_start(self) -> None:
+    async def _claim_and_start(self) -> bool:
         """Claim and start up to CLAIM_AT_ONCE due jobs (fewer if fewer slots are free): a
         worker woken with 1,000 free slots does not take every job queued, so the jobs spread
-        over the workers woken by the same enqueues."""
-        self._took_all = False
+        over the workers woken by the same enqueues. True if it took all it asked for (more
+        may be due)."""
         free = min(self.max_jobs - self.job_counter, CLAIM_AT_ONCE)
         if not self.allow_pick_jobs or free <= 0:
-            return
+            return False
         if self._claim is None:
             self._claim = self.pool.register_script(CLAIM_SCRIPT)
         taken = await self._claim(keys=[self.queue_name], args=[
@@ -110,7 +109,7 @@ class WakeableWorker(Worker):
             task = self.loop.create_task(self.run_job(job_id, int(float(taken[i + 1]))))
             task.add_done_callback(functools.partial(self._ended, job_id))
             self.tasks[job_id] = task
-        self._took_all = len(taken) == 2 * free
+        return len(taken) == 2 * free
 
     def _ended(self, job_id: str, _task: "asyncio.Task[None]") -> None:
         self._release_sem_dec_counter_on_complete()

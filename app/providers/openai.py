@@ -81,8 +81,7 @@ class OpenAIProvider:
         self._turn = 0
         self._secrets = [s for s in (api_key, self._clients[0].api_key) if s]
 
-    @property
-    def _client(self) -> openai.AsyncOpenAI:
+    def _next_client(self) -> openai.AsyncOpenAI:
         """The clients in turn, one a call."""
         self._turn = (self._turn + 1) % len(self._clients)
         return self._clients[self._turn]
@@ -136,11 +135,11 @@ class OpenAIProvider:
         if request.partial_images > 0:
             params.update(stream=True, partial_images=request.partial_images)
         if not edit:
-            return await self._client.images.generate(**params)
+            return await self._next_client().images.generate(**params)
         images = [_open_reference(ref, files) for ref in request.references]
         if request.mask is not None:
             params["mask"] = _open_reference(request.mask, files)
-        return await self._client.images.edit(image=images, **params)
+        return await self._next_client().images.edit(image=images, **params)
 
     async def _read_stream(self, stream: object, request: ImageRequest,
                            on_partial: OnPartial | None) -> ImageResult:
