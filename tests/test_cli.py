@@ -149,3 +149,19 @@ def test_embedded_default_from_an_empty_folder(tmp_path: Path) -> None:
     output = log.read_text()
     assert "gih users create you@example.com" in output and "gih keys create" in output
     assert "embedded mode" in output and "MOCK PROVIDER" in output
+
+
+def test_the_worker_runs_on_uvloop() -> None:
+    """`gih worker` sets uvloop's policy before arq takes its loop (as uvicorn does for serve)."""
+    import asyncio
+
+    import uvloop
+
+    from app.cli.serve import use_uvloop
+
+    before = asyncio.get_event_loop_policy()
+    try:
+        use_uvloop()
+        assert isinstance(asyncio.get_event_loop_policy(), uvloop.EventLoopPolicy)
+    finally:
+        asyncio.set_event_loop_policy(before)

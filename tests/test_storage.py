@@ -69,6 +69,28 @@ async def test_presigned_urls_are_botocores_byte_for_byte(s3, aws_env, monkeypat
         assert "X-Amz-Security-Token=" in ours
 
 
+@pytest.mark.parametrize("where", [{"s3_path_style": True}, {"s3_path_style": False},
+                                   {"s3_public_base_url": "https://cdn.example.com/images/"}])
+async def test_upload_urls_are_botocores_byte_for_byte(s3, aws_env, monkeypatch, where) -> None:
+    """The worker's PUT of an image is presigned by our signer for our own endpoint (never the
+    clients' one), whatever the reads use."""
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "a-session-token/with+odd=chars")
+    storage = S3Storage(s3_settings(s3, s3_presign_endpoint_url="https://images.example.com",
+                                    **where))
+    assert storage.uploader is not None
+    for key, content_type in [("images/gen_abc/0-3f9a.png", "image/png"),
+                              ("a b/c+d=e&f?g#h", "image/webp"), ("ünï/cødé.jpeg", "image/jpeg")]:
+        for _ in range(3):  # the same second on both sides
+            ours = storage.uploader.put_url(key, content_type, 300)
+            theirs = storage.client.generate_presigned_url(
+                "put_object", ExpiresIn=300,
+                Params={"Bucket": storage.bucket, "Key": key, "ContentType": content_type})
+            if ours.split("X-Amz-Date=")[1][:16] == theirs.split("X-Amz-Date=")[1][:16]:
+                break
+        assert ours == theirs
+        assert ours.startswith(s3.endpoint_url)
+
+
 async def test_public_base_url_replaces_presigning(s3, aws_env) -> None:
     storage = S3Storage(s3_settings(s3, s3_public_base_url="https://cdn.example.com/images/"))
     assert storage.url("a/b.png") == "https://cdn.example.com/images/a/b.png"

@@ -18,7 +18,6 @@ The SDK raises a bare ``openai.APIError`` (no status) for an ``error`` event in 
 from __future__ import annotations
 
 import asyncio
-import base64
 import binascii
 import contextlib
 import logging
@@ -27,6 +26,7 @@ from collections.abc import AsyncIterable, Mapping
 from typing import Any, BinaryIO
 
 import openai
+import pybase64
 from openai.types import ImagesResponse
 
 from .base import (
@@ -286,7 +286,7 @@ def _decode_b64(b64: object, request: ImageRequest) -> GeneratedImage:
     if not isinstance(b64, str) or not b64:
         raise _malformed("the image provider returned an image without data")
     try:
-        raw = base64.b64decode(b64, validate=True)
+        raw = pybase64.b64decode(b64, validate=True)
     except (binascii.Error, ValueError) as exc:
         raise _malformed("the image provider returned invalid base64 image data") from exc
     return decode_image(raw, request.output_format)

@@ -84,6 +84,8 @@ class S3Storage:
                                          config=config, region_name=region)
         self.presigner = (None if self.public_base_url else Presigner.of(
             self.signer, session.get_credentials(), self.bucket, self.presign_ttl))
+        self.uploader = Presigner.of(  # the worker's PUTs: our own endpoint
+            self.client, session.get_credentials(), self.bucket, PUT_URL_TTL_S)
 
     async def _call(self, method: str, **kwargs: object) -> object:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -106,9 +108,10 @@ class S3Storage:
             raise StorageError(f"S3 upload failed: {exc}") from exc
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        url = self.client.generate_presigned_url(
-            "put_object", Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type},
-            ExpiresIn=PUT_URL_TTL_S)
+        url = (self.uploader.put_url(key, content_type, PUT_URL_TTL_S) if self.uploader else
+               self.client.generate_presigned_url(
+                   "put_object", ExpiresIn=PUT_URL_TTL_S,
+                   Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type}))
         try:
             answer = await self.http().put(url, content=data,
                                            headers={"Content-Type": content_type})
