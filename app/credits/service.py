@@ -105,7 +105,7 @@ async def charge(session: AsyncSession, user_id: str, amount: int, *,
                                       created_at=now, movement=movement))
     await session.flush()
     return Balance(credits=user.credits, account_type=user.account_type,
-                   next_expiration=_next_expiration(lots))
+                   next_expiration=next_expiration(lots))
 
 
 # The charge on PostgreSQL without the ORM's unit of work, in the session's transaction: lock
@@ -135,13 +135,13 @@ UPDATE users SET credits = $3 WHERE id = $1"""
 
 
 @dataclass
-class _OpenLot:
+class OpenLot:
     id: int
     remaining: int
     expires_at: datetime | None
 
 
-Lot = TypeVar("Lot", CreditLot, _OpenLot)
+Lot = TypeVar("Lot", CreditLot, OpenLot)
 
 
 async def _charge_direct(session: AsyncSession, user_id: str, amount: int, *,
@@ -155,7 +155,7 @@ async def _charge_direct(session: AsyncSession, user_id: str, amount: int, *,
     if connection is None or not connection.is_in_transaction():
         raise RuntimeError("the charge must run in the session's transaction")
     now = utcnow()
-    lots = [_OpenLot(row["id"], row["remaining"], row["expires_at"])
+    lots = [OpenLot(row["id"], row["remaining"], row["expires_at"])
             for row in await connection.fetch(OPEN_LOTS_SQL, user_id)]
     if any(_expired(lot, now) for lot in lots):
         return None
@@ -169,7 +169,7 @@ async def _charge_direct(session: AsyncSession, user_id: str, amount: int, *,
     await connection.execute(CHARGE_WRITES_SQL, user_id, -amount, after, generation_id, note,
                              now, lot_ids, takes)
     return Balance(credits=after, account_type=user["account_type"],
-                   next_expiration=_next_expiration(lots))
+                   next_expiration=next_expiration(lots))
 
 
 def _drain(lots: list[Lot], amount: int, user_id: str) -> list[tuple[Lot, int]]:
@@ -188,11 +188,11 @@ def _drain(lots: list[Lot], amount: int, user_id: str) -> list[tuple[Lot, int]]:
     return taken
 
 
-def _expired(lot: CreditLot | _OpenLot, now: datetime) -> bool:
+def _expired(lot: CreditLot | OpenLot, now: datetime) -> bool:
     return lot.expires_at is not None and lot.expires_at <= now
 
 
-def _next_expiration(lots: list[CreditLot] | list[_OpenLot]) -> NextExpiration | None:
+def next_expiration(lots: list[CreditLot] | list[OpenLot]) -> NextExpiration | None:
     """The soonest expiry among live lots, and all credits expiring at that moment."""
     dated = [(lot.expires_at, lot.remaining) for lot in lots
              if lot.remaining > 0 and lot.expires_at is not None]

@@ -7,7 +7,7 @@ from datetime import timedelta
 
 from fastapi import Request
 
-from app.generations import images, jobs
+from app.generations import images, jobs, submit_sql
 from app.generations import service as generations
 from app.generations.multipart import ReferenceFile
 from app.generations.request import GenerationInput
@@ -36,6 +36,12 @@ async def submit(rt: Runtime, request: Request, principal: Principal, wanted: Ge
                                 allow_private=rt.settings.webhook_allow_private)
     fingerprint = wanted.fingerprint([ref.sha256 for ref in files])
     generation_id = new_id("gen")
+    if submit_sql.applies(rt, principal, idempotency_key=idempotency_key, sdk_retry=sdk_retry,
+                          reference_count=len(files)):
+        accepted = await submit_sql.accept(rt, principal, wanted, generation_id=generation_id,
+                                           fingerprint=fingerprint)
+        if accepted is not None:
+            return await queued(rt, wanted, accepted)
     references = await images.store_references(rt.storage, rt.secret, generation_id, files)
     try:
         async with rt.transaction() as session:
@@ -49,7 +55,13 @@ async def submit(rt: Runtime, request: Request, principal: Principal, wanted: Ge
     if not accepted.created:
         await images.discard(rt.storage, [row.storage_key for row in references])
         return accepted
+    return await queued(rt, wanted, accepted)
+
+
+async def queued(rt: Runtime, wanted: GenerationInput,
+                 accepted: generations.Accepted) -> generations.Accepted:
+    """A new generation, committed with its charge: counted, and its job queued (or refunded)."""
     metrics.generations.labels(wanted.model.id, "accepted", metrics.mode_of(wanted.is_async)).inc()
     metrics.credits_charged.inc(wanted.credits_requested)
-    await jobs.enqueue_or_refund(rt, generation_id)
+    await jobs.enqueue_or_refund(rt, accepted.generation.id)
     return accepted

@@ -59,20 +59,9 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         earlier = await find_retried(session, principal, fingerprint, retry_window)
         if earlier:
             return Accepted(earlier, created=False)
-    now = utcnow()
-    generation = Generation(
-        id=generation_id, user_id=user_id, api_key_id=principal.key_id,
-        status=GenerationStatus.QUEUED, model=wanted.model.id,
-        provider_model=wanted.model.provider_model, prompt=wanted.prompt,
-        size=wanted.resolved.size, aspect_ratio=wanted.resolved.aspect_ratio,
-        quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
-        output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
-        reference_count=len(references), credits_requested=wanted.credits_requested,
-        options=wanted.options or None,
-        webhook_url=wanted.webhook_url,
-        webhook_events=list(wanted.webhook_events) if wanted.webhook_events else None,
-        idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
-        created_at=now, heartbeat_at=now)
+    generation = new_generation(principal, wanted, generation_id=generation_id,
+                                reference_count=len(references), fingerprint=fingerprint,
+                                idempotency_key=idempotency_key)
     if idempotency_key:
         try:
             # The key's uniqueness is checked here; a request that loses the race to a
@@ -94,10 +83,32 @@ async def accept(session: AsyncSession, principal: Principal, wanted: Generation
         session.add(generation)
         await session.flush()
     session.add_all(references)
-    balance = await credits.charge(
-        session, user_id, wanted.credits_requested, generation_id=generation_id,
-        note=f"{wanted.n} x {wanted.model.id} {wanted.resolved.tier}")
+    balance = await credits.charge(session, user_id, wanted.credits_requested,
+                                   generation_id=generation_id, note=charge_note(wanted))
     return Accepted(generation, created=True, balance=balance)
+
+
+def new_generation(principal: Principal, wanted: GenerationInput, *, generation_id: str,
+                   reference_count: int, fingerprint: str,
+                   idempotency_key: str | None) -> Generation:
+    now = utcnow()
+    return Generation(
+        id=generation_id, user_id=principal.user.id, api_key_id=principal.key_id,
+        status=GenerationStatus.QUEUED, model=wanted.model.id,
+        provider_model=wanted.model.provider_model, prompt=wanted.prompt,
+        size=wanted.resolved.size, aspect_ratio=wanted.resolved.aspect_ratio,
+        quality=wanted.resolved.tier, render_quality=wanted.resolved.render_quality,
+        output_format=wanted.output_format, n=wanted.n, is_async=wanted.is_async,
+        reference_count=reference_count, credits_requested=wanted.credits_requested,
+        options=wanted.options or None,
+        webhook_url=wanted.webhook_url,
+        webhook_events=list(wanted.webhook_events) if wanted.webhook_events else None,
+        idempotency_key=idempotency_key, request_hash=fingerprint, attempts=1,
+        created_at=now, heartbeat_at=now)
+
+
+def charge_note(wanted: GenerationInput) -> str:
+    return f"{wanted.n} x {wanted.model.id} {wanted.resolved.tier}"
 
 
 async def find_replay(session: AsyncSession, user_id: str, idempotency_key: str,

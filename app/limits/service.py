@@ -109,15 +109,24 @@ async def check_rate(rt: "Runtime", principal: Principal) -> RateState | None:
     return state
 
 
+def reserves_nothing(principal: Principal, settings: Settings) -> bool:
+    """No key (the console), or a key without a concurrency or credit limit: `reserve` has
+    nothing to check or write."""
+    limits = principal.limits
+    return principal.key_id is None or (
+        limits.max_concurrency is None and settings.max_concurrent_generations is None
+        and limits.credit_limit is None)
+
+
 async def reserve(session: AsyncSession, principal: Principal, credits: int, *,
                   settings: Settings) -> datetime | None:
     """In the charge's transaction: the key's concurrency and credit limits (RateLimited,
     KeyLimitReached: nothing written, as the caller's transaction rolls back). Returns the
     credit-limit period the charge counts in."""
+    if principal.key_id is None or reserves_nothing(principal, settings):
+        return None  # no key (the console), or no limit: no lock, no query
     limits = principal.limits
     concurrency = limits.max_concurrency or settings.max_concurrent_generations
-    if principal.key_id is None or (concurrency is None and limits.credit_limit is None):
-        return None  # no key (the console), or no limit: no lock, no query
     now = utcnow()
     period = period_start(limits.limit_reset, now)
     # The key's row and the user's locked first (the count must see every generation
