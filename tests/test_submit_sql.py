@@ -5,6 +5,7 @@ do the charge alone."""
 import asyncio
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import select, text, update
 
 from app.credits import service as credits
@@ -163,3 +164,25 @@ def test_the_row_holds_every_column_of_the_model() -> None:
     assert list(row) == [c.name for c in Generation.__table__.columns]
     assert row["options"] == {"user": "u"} and row["credits_refunded"] == 0
     assert generation.retryable is False  # the defaults land on the model too
+
+
+async def test_a_database_without_the_function_charges_through_the_transaction(
+        pg, caplog: pytest.LogCaptureFixture) -> None:
+    """Deployed before `gih db upgrade` ran: submits still work, by the transaction's path."""
+    user, key = await pg.user_with_key(16)
+    rename = "ALTER FUNCTION gih_charge_generation(json, integer, text, timestamptz) RENAME TO {}"
+    async with pg.session() as session, session.begin():
+        await session.execute(text(rename.format("gih_charge_generation_away")))
+    try:
+        answer = await submit(pg, key)
+    finally:
+        async with pg.session() as session, session.begin():
+            await session.execute(text(rename.replace("gih_charge_generation(",
+                                                      "gih_charge_generation_away(")
+                                       .format("gih_charge_generation")))
+    assert answer.status_code == 202, answer.text
+    assert "gih db upgrade" in caplog.text
+    assert answer.json()["balance"]["credits"] == 8
+    assert await lots_of(pg, user.id) == [8]
+    assert (await submit(pg, key)).json()["balance"]["credits"] == 0  # the function again
+    await audit_clean(pg)

@@ -17,13 +17,17 @@ path refuses those).
 """
 
 import json
+import logging
 from datetime import datetime
 from typing import Any
+
+import asyncpg
 
 from app.credits.schemas import Balance
 from app.credits.service import OpenLot, next_expiration
 from app.errors import InsufficientCredits, NotFound
 
+log = logging.getLogger("gih.credits")
 CHARGE_SQL = "SELECT * FROM gih_charge_generation($1::json, $2::int, $3::text, $4::timestamptz)"
 
 
@@ -32,10 +36,16 @@ async def charge_generation(connection: Any, generation: dict[str, object], amou
     """Write `generation` (its every column, JSON-ready) and charge its user `amount`, on an
     asyncpg connection outside any transaction: the balance after the charge;
     InsufficientCredits (nothing written) when the balance is short; None (nothing written)
-    when the transaction's path must do it."""
+    when the transaction's path must do it (also on a database without the function:
+    `gih db upgrade` adds it)."""
     if amount <= 0:
         raise ValueError("a charge must be a positive number of credits")
-    row = await connection.fetchrow(CHARGE_SQL, json.dumps(generation), amount, note, now)
+    try:
+        row = await connection.fetchrow(CHARGE_SQL, json.dumps(generation), amount, note, now)
+    except asyncpg.UndefinedFunctionError:  # a database not upgraded yet: nothing was written
+        log.warning("the database lacks gih_charge_generation (run `gih db upgrade`); charging "
+                    "through a transaction meanwhile")
+        return None
     outcome = row["outcome"]
     if outcome == "charged":
         lots = [OpenLot(0, left, expires) for left, expires
