@@ -8,7 +8,7 @@ import pytest
 from app.config import Settings
 from app.storage.base import StorageError, image_key
 from app.storage.local import LocalStorage
-from app.storage.s3 import S3Storage
+from app.storage.s3 import PUT_URL_TTL_S, S3Storage
 
 
 def s3_settings(s3, **overrides: object) -> Settings:
@@ -81,9 +81,9 @@ async def test_upload_urls_are_botocores_byte_for_byte(s3, aws_env, monkeypatch,
     for key, content_type in [("images/gen_abc/0-3f9a.png", "image/png"),
                               ("a b/c+d=e&f?g#h", "image/webp"), ("ünï/cødé.jpeg", "image/jpeg")]:
         for _ in range(3):  # the same second on both sides
-            ours = storage.uploader.put_url(key, content_type, 300)
+            ours = storage.uploader.put_url(key, content_type)
             theirs = storage.client.generate_presigned_url(
-                "put_object", ExpiresIn=300,
+                "put_object", ExpiresIn=PUT_URL_TTL_S,
                 Params={"Bucket": storage.bucket, "Key": key, "ContentType": content_type})
             if ours.split("X-Amz-Date=")[1][:16] == theirs.split("X-Amz-Date=")[1][:16]:
                 break

@@ -36,10 +36,10 @@ class Presigner:
         """A GET of `key` (get_object)."""
         return self._signed("GET", key, {}, self.ttl_s)
 
-    def put_url(self, key: str, content_type: str, ttl_s: int) -> str:
+    def put_url(self, key: str, content_type: str) -> str:
         """A PUT of `key` with this Content-Type (put_object with ContentType): the header is
         signed, as botocore signs it."""
-        return self._signed("PUT", key, {"Content-Type": content_type}, ttl_s)
+        return self._signed("PUT", key, {"Content-Type": content_type}, self.ttl_s)
 
     def _signed(self, method: str, key: str, headers: dict[str, str], ttl_s: int) -> str:
         from botocore.auth import S3SigV4QueryAuth

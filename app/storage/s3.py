@@ -108,7 +108,7 @@ class S3Storage:
             raise StorageError(f"S3 upload failed: {exc}") from exc
 
     async def put_bytes(self, key: str, data: bytes, content_type: str) -> None:
-        url = (self.uploader.put_url(key, content_type, PUT_URL_TTL_S) if self.uploader else
+        url = (self.uploader.put_url(key, content_type) if self.uploader else
                self.client.generate_presigned_url(
                    "put_object", ExpiresIn=PUT_URL_TTL_S,
                    Params={"Bucket": self.bucket, "Key": key, "ContentType": content_type}))
